@@ -1,0 +1,112 @@
+"""The velocity network of a flow policy: v_θ(half-action, observation, t).
+
+Symbols: B any leading batch shape, h the half-action size (the action dimension d for
+GenPO), o the observation size, E the time-embedding size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+Activation = Literal["mish", "elu", "relu", "tanh", "silu", "gelu"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "mish": nn.Mish,
+    "elu": nn.ELU,
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+}
+
+
+def make_activation(name: Activation) -> nn.Module:
+    """An activation module by name; an unknown name is a clear error."""
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}") from None
+
+
+class SinusoidalTimeEmbedding(nn.Module):
+    """Transformer-style sinusoidal features of a flow time t ∈ [0, 1], then a small MLP.
+
+    Args:
+        dim: output size E (even).
+        max_period: the longest wavelength of the sinusoids.
+        activation: the MLP's activation.
+
+    Shapes: ``t`` [*T] → [*T, E].
+    """
+
+    def __init__(self, dim: int = 32, max_period: float = 10_000.0, activation: Activation = "mish") -> None:
+        super().__init__()
+        if dim < 2 or dim % 2:
+            raise ValueError(f"time embedding size must be an even number >= 2, got {dim}")
+        half = dim // 2
+        frequencies = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
+        self.register_buffer("frequencies", frequencies.float())
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), make_activation(activation), nn.Linear(2 * dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        # t is scaled to [0, 1000] so that the sinusoids of a [0, 1] time span several periods.
+        angles = 1000.0 * t.unsqueeze(-1) * self.frequencies.to(t.dtype)
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
+
+
+class VelocityNet(nn.Module):
+    """MLP velocity field v_θ(half, s, t) over [half-action, observation, time embedding].
+
+    The first layer is split by input so that the observation term can be computed once
+    per sampled action and reused by all 2N flow evaluations (:meth:`encode_observation`),
+    and the time term once per flow step for the whole batch rather than per sample.
+    ``forward`` is the plain single call.
+
+    Args:
+        half_dim: size h of the half-action the field acts on.
+        obs_dim: observation size o.
+        hidden_sizes: hidden layer widths (GenPO's Ant default ``[400, 200, 100]``).
+        activation: hidden activation (GenPO uses ``mish``).
+        time_embed_dim: time-embedding size E (GenPO: 32).
+
+    Shapes: ``half`` [*B, h], ``obs`` [*B, o], ``t`` a scalar tensor or [*B] → [*B, h].
+    """
+
+    def __init__(
+        self,
+        half_dim: int,
+        obs_dim: int,
+        hidden_sizes: Sequence[int] = (400, 200, 100),
+        activation: Activation = "mish",
+        time_embed_dim: int = 32,
+    ) -> None:
+        super().__init__()
+        if not hidden_sizes:
+            raise ValueError("VelocityNet needs at least one hidden layer")
+        first = hidden_sizes[0]
+        self.time_embedding = SinusoidalTimeEmbedding(time_embed_dim, activation=activation)
+        self.half_in = nn.Linear(half_dim, first, bias=False)
+        self.obs_in = nn.Linear(obs_dim, first)
+        self.time_in = nn.Linear(time_embed_dim, first, bias=False)
+        layers: list[nn.Module] = [make_activation(activation)]
+        for width_in, width_out in zip(hidden_sizes[:-1], hidden_sizes[1:]):
+            layers += [nn.Linear(width_in, width_out), make_activation(activation)]
+        layers.append(nn.Linear(hidden_sizes[-1], half_dim))
+        self.trunk = nn.Sequential(*layers)
+
+    def encode_observation(self, obs: torch.Tensor) -> torch.Tensor:
+        """The observation's share of the first layer, [*B, o] → [*B, hidden_sizes[0]]."""
+        return self.obs_in(obs)
+
+    def velocity(self, half: torch.Tensor, obs_features: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """v_θ from a precomputed :meth:`encode_observation`; ``t`` scalar or [*B]."""
+        time_features = self.time_in(self.time_embedding(t))
+        return self.trunk(self.half_in(half) + obs_features + time_features)
+
+    def forward(self, half: torch.Tensor, obs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.velocity(half, self.encode_observation(obs), t)

@@ -1,0 +1,57 @@
+r"""Monte-Carlo estimators of KL divergence, entropy and importance-sampling health.
+
+All estimators take per-sample log-likelihoods of actions **drawn from the old (behaviour)
+policy** and estimate KL(π_old || π_θ), the direction PPO's KL-adaptive learning rate
+uses. With the log-ratio ``log_ratio = log π_θ(a) − log π_old(a)`` and ``r = exp(log_ratio)``
+(Schulman, "Approximating KL divergence", 2020):
+
+================  =========================  ===========  =====================================
+estimator         per-sample value           bias         variance / sign
+================  =========================  ===========  =====================================
+k1                −log_ratio                 unbiased     high; single samples can be negative
+k2                ½·log_ratio²               biased (low  low; ≥ 0; exact to second order
+                                             for close π) in the log-ratio
+k3                (r − 1) − log_ratio        unbiased     low; ≥ 0 per sample (log x ≤ x − 1)
+================  =========================  ===========  =====================================
+
+k1 is unbiased because E_old[−log_ratio] = KL(π_old || π_θ); k3 adds the zero-mean control
+variate r − 1 (E_old[r] = 1), which lowers the variance when the policies are close.
+
+The entropy H(π_θ(·|s)) = −E_{a∼π_θ}[log π_θ(a|s)] is estimated without bias by −log π_θ
+of **fresh** samples of the current policy (:func:`entropy_estimate`), with a
+reparameterized sample if its gradient is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def kl_k1(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Unbiased, high-variance KL(π_old || π_θ) estimate: mean of −log_ratio."""
+    return (-log_ratio).mean()
+
+
+def kl_k2(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Low-variance, biased KL estimate: mean of ½·log_ratio² (≥ 0)."""
+    return 0.5 * log_ratio.pow(2).mean()
+
+
+def kl_k3(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Unbiased, low-variance KL(π_old || π_θ) estimate: mean of (r − 1) − log r (≥ 0)."""
+    return torch.expm1(log_ratio).sub(log_ratio).mean()
+
+
+def entropy_estimate(log_prob_of_fresh_samples: torch.Tensor) -> torch.Tensor:
+    """Unbiased entropy estimate −E[log π_θ(a)] from samples a ∼ π_θ (differentiable)."""
+    return -log_prob_of_fresh_samples.mean()
+
+
+def effective_sample_size(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Normalized effective sample size (Σw)² / (n·Σw²) ∈ (0, 1] of the importance weights.
+
+    1 means the current and behaviour policies agree on the batch; small values mean a few
+    samples dominate the surrogate. Computed in log space so large ratios do not overflow.
+    """
+    log_w = log_ratio.flatten()
+    return torch.exp(2.0 * torch.logsumexp(log_w, 0) - torch.logsumexp(2.0 * log_w, 0)) / log_w.numel()
