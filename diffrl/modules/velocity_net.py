@@ -6,6 +6,7 @@ GenPO), o the observation size, E the time-embedding size.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -94,7 +95,7 @@ class VelocityNet(nn.Module):
         self.obs_in = nn.Linear(obs_dim, first)
         self.time_in = nn.Linear(time_embed_dim, first, bias=False)
         layers: list[nn.Module] = [make_activation(activation)]
-        for width_in, width_out in zip(hidden_sizes[:-1], hidden_sizes[1:]):
+        for width_in, width_out in itertools.pairwise(hidden_sizes):
             layers += [nn.Linear(width_in, width_out), make_activation(activation)]
         layers.append(nn.Linear(hidden_sizes[-1], half_dim))
         self.trunk = nn.Sequential(*layers)

@@ -1,0 +1,109 @@
+"""GenPO's flow policy as a TensorDict module (arXiv 2505.18763).
+
+Symbols: B the batch shape, o the observation size, d the action dimension.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
+from torchrl.envs.utils import ExplorationType, exploration_type
+
+from diffrl.modules.genpo_distribution import GenPODistribution
+from diffrl.modules.genpo_flow import GenPOFlow
+
+_DETERMINISTIC_TYPES = (ExplorationType.DETERMINISTIC, ExplorationType.MODE, ExplorationType.MEAN)
+
+
+class GenPOActor(TensorDictModuleBase):
+    """Samples GenPO's doubled action and writes the action, the latent and its exact log-likelihood.
+
+    Reads ``observation_key`` [*B, o] and writes
+
+    - ``action_key`` [*B, d]: the executed action (x + y)/2;
+    - ``latent_key`` [*B, 2d]: the doubled action (x, y) — the sample whose likelihood
+      the loss evaluates;
+    - ``log_prob_key`` [*B]: its exact log π, from the base noise (no inversion), detached.
+
+    Sampling runs without gradient (the loss re-evaluates the stored latent through
+    :meth:`get_dist`). When TorchRL's exploration type is deterministic (``DETERMINISTIC``,
+    ``MODE`` or ``MEAN``, e.g. inside ``set_exploration_type(ExplorationType.DETERMINISTIC)``)
+    the noise is zero, GenPO's deterministic evaluation action.
+
+    Args:
+        flow: the :class:`GenPOFlow`.
+        observation_key: where the observation is read (Isaac Lab's own wrapper calls it
+            ``"policy"``).
+        action_key, latent_key, log_prob_key: where the outputs are written.
+        check_finite: raise on a non-finite observation, naming the offending batch
+            entries (one host synchronization per call).
+
+    Example:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> actor = GenPOActor(GenPOFlow(action_dim=2, obs_dim=3, hidden_sizes=[16]))
+        >>> td = actor(TensorDict({"observation": torch.randn(5, 3)}, batch_size=[5]))
+        >>> td["action"].shape, td["latent_action"].shape, td["action_log_prob"].shape
+        (torch.Size([5, 2]), torch.Size([5, 4]), torch.Size([5]))
+    """
+
+    def __init__(
+        self,
+        flow: GenPOFlow,
+        *,
+        observation_key: NestedKey = "observation",
+        action_key: NestedKey = "action",
+        latent_key: NestedKey = "latent_action",
+        log_prob_key: NestedKey = "action_log_prob",
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        self.flow = flow
+        self.observation_key = observation_key
+        self.action_key = action_key
+        self.latent_key = latent_key
+        self.log_prob_key = log_prob_key
+        self.check_finite = check_finite
+        self.in_keys = [observation_key]
+        self.out_keys = [action_key, latent_key, log_prob_key]
+
+    @property
+    def log_prob_keys(self) -> list[NestedKey]:
+        # TorchRL's PPO losses read these two to set their sample_log_prob and action keys.
+        return [self.log_prob_key]
+
+    @property
+    def dist_sample_keys(self) -> list[NestedKey]:
+        return [self.latent_key]
+
+    def _observation(self, tensordict: TensorDictBase) -> torch.Tensor:
+        observation = tensordict.get(self.observation_key)
+        if self.check_finite:
+            bad = ~torch.isfinite(observation).all(-1)
+            if bad.any():
+                raise ValueError(
+                    f"non-finite observation under {self.observation_key!r} for {int(bad.sum())} of "
+                    f"{bad.numel()} batch entries (first at index {bad.nonzero()[0].tolist()})"
+                )
+        return observation
+
+    def get_dist(self, tensordict: TensorDictBase) -> GenPODistribution:
+        """The policy's distribution over latent actions at the tensordict's observations."""
+        return GenPODistribution(self.flow, self._observation(tensordict))
+
+    @torch.no_grad()
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        observation = self._observation(tensordict)
+        noise_shape = (*observation.shape[:-1], 2 * self.flow.action_dim)
+        if exploration_type() in _DETERMINISTIC_TYPES:
+            noise = observation.new_zeros(noise_shape)
+        else:
+            noise = torch.randn(noise_shape, dtype=observation.dtype, device=observation.device)
+        latent = self.flow(noise, observation)
+        log_prob = self.flow.log_prob_of_noise(noise)
+        tensordict.set(self.action_key, self.flow.action_from_latent(latent))
+        tensordict.set(self.latent_key, latent)
+        tensordict.set(self.log_prob_key, log_prob)
+        return tensordict

@@ -1,0 +1,168 @@
+"""GenPO's loss: PPO with the exact likelihood of a doubled-action flow (arXiv 2505.18763)."""
+
+from __future__ import annotations
+
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule
+from torchrl.objectives import ClipPPOLoss
+
+from diffrl.modules.genpo_actor import GenPOActor
+from diffrl.objectives.estimators import effective_sample_size, entropy_estimate, kl_k1, kl_k3
+from diffrl.objectives.numerics import NumericalError, require_finite
+
+
+class GenPOLoss(ClipPPOLoss):
+    r"""Clipped PPO on GenPO's exact flow likelihood, with the compression loss.
+
+    The importance ratio is exact: π_θ(ã|s)/π_old(ã|s) with log π_θ from one inversion of
+    the flow (no Jacobian) and log π_old stored at rollout. The total loss is
+
+    .. math::
+
+        L = L^{clip}(θ) + c_v L^{V}(φ) + ν\,E_{z}\lVert x_N - y_N\rVert - c_H \hat H
+
+    where the compression term and the entropy estimate Ĥ = −log π_θ use one fresh
+    reparameterized sample per state (one forward pass of the flow). In the doubled space
+    Ĥ's expectation is the constant d(1 + log 2π) + 2·N·d·log p, so the entropy bonus has no
+    gradient; it is kept for reporting and for parity with other losses (see docs/genpo.md).
+
+    Outputs: ``loss_objective``, ``loss_critic``, ``loss_compression`` and, when
+    ``entropy_coeff > 0``, ``loss_entropy``; diagnostics ``kl_approx`` (k1 estimate of
+    KL(π_old‖π_θ), what GenPO's adaptive learning rate reads), ``kl_k3``, ``clip_fraction``,
+    ``ESS``, ``max_ratio``, ``entropy``, ``compression_distance``, ``explained_variance`` and
+    ``value_clip_fraction``. Keys are set the TorchRL way (:meth:`set_keys`); the action key
+    defaults to the actor's latent key (``"latent_action"``).
+
+    Reference: Ding et al., "GenPO: Generative Diffusion Models Meet On-Policy
+    Reinforcement Learning", arXiv 2505.18763; PPO: Schulman et al., arXiv 1707.06347.
+
+    Args:
+        actor_network: the :class:`~diffrl.modules.genpo_actor.GenPOActor`.
+        critic_network: a value module writing ``"state_value"`` [*B, 1].
+        clip_epsilon: PPO's ratio clip (GenPO: 0.2).
+        critic_coeff: value-loss weight (GenPO: 1.0).
+        clip_value: value clip around the rollout's value (GenPO: 0.2; ``None`` disables).
+        loss_critic_type: ``"l2"`` (GenPO), ``"l1"`` or ``"smooth_l1"``.
+        compression_coeff: ν, the weight of E‖x_N − y_N‖ (GenPO: 0.01).
+        entropy_coeff: c_H (GenPO: 0).
+        normalize_advantage: standardize advantages per minibatch (the training loop
+            normalizes over the whole rollout instead, as rsl_rl does).
+        max_abs_log_ratio: a log-ratio above this in magnitude is a numerical failure
+            (raised, with context), not something to clamp silently.
+
+    Example:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.modules import MLP, ValueOperator
+        >>> from diffrl.modules.genpo_actor import GenPOActor
+        >>> from diffrl.modules.genpo_flow import GenPOFlow
+        >>> actor = GenPOActor(GenPOFlow(action_dim=2, obs_dim=3, hidden_sizes=[16]))
+        >>> critic = ValueOperator(MLP(in_features=3, out_features=1, num_cells=[16]), in_keys=["observation"])
+        >>> loss = GenPOLoss(actor, critic)
+        >>> batch = actor(TensorDict({"observation": torch.randn(8, 3)}, batch_size=[8]))
+        >>> batch["advantage"], batch["value_target"] = torch.randn(8, 1), torch.randn(8, 1)
+        >>> batch["state_value"] = torch.zeros(8, 1)
+        >>> out = loss(batch)
+        >>> abs(float(out["kl_approx"])) < 1e-5, float(out["clip_fraction"])  # θ = θ_old: ratio 1 up to round-off
+        (True, 0.0)
+    """
+
+    def __init__(
+        self,
+        actor_network: GenPOActor,
+        critic_network: TensorDictModule | None = None,
+        *,
+        clip_epsilon: float = 0.2,
+        critic_coeff: float = 1.0,
+        clip_value: float | None = 0.2,
+        loss_critic_type: str = "l2",
+        compression_coeff: float = 0.01,
+        entropy_coeff: float = 0.0,
+        normalize_advantage: bool = False,
+        max_abs_log_ratio: float = 50.0,
+    ) -> None:
+        if compression_coeff < 0 or entropy_coeff < 0:
+            raise ValueError(f"coefficients must be >= 0, got {compression_coeff=}, {entropy_coeff=}")
+        super().__init__(
+            actor_network,
+            critic_network,
+            clip_epsilon=clip_epsilon,
+            entropy_bonus=False,  # the entropy estimate is computed here from the fresh sample
+            entropy_coeff=entropy_coeff,
+            critic_coeff=critic_coeff if critic_network is not None else None,
+            clip_value=clip_value,
+            loss_critic_type=loss_critic_type,
+            normalize_advantage=normalize_advantage,
+            functional=False,
+        )
+        self.register_coeff_buffer("compression_coeff", compression_coeff, device=None)
+        self.max_abs_log_ratio = max_abs_log_ratio
+
+    @property
+    def out_keys(self) -> list[str]:
+        keys = ["loss_objective", "loss_compression", "kl_approx", "kl_k3", "clip_fraction", "ESS", "max_ratio"]
+        keys += ["entropy", "compression_distance"]
+        if float(self.entropy_coeff) > 0:
+            keys.append("loss_entropy")
+        if self._has_critic:
+            keys += ["loss_critic", "explained_variance"]
+            if self.clip_value is not None:
+                keys.append("value_clip_fraction")
+        return keys
+
+    @out_keys.setter
+    def out_keys(self, values: list[str]) -> None:
+        self._out_keys = values
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        tensordict = tensordict.clone(False)
+        advantage = tensordict.get(self.tensor_keys.advantage, None)
+        if advantage is None:
+            self.value_estimator(tensordict)
+            advantage = tensordict.get(self.tensor_keys.advantage)
+        advantage = self._maybe_normalize_advantage(advantage, tensordict, update_norm=True)
+
+        # log_weight = log π_θ − log π_old, [*B, 1]: one inversion of the flow.
+        log_weight, dist, _, _ = self._log_weight(tensordict, adv_shape=advantage.shape[:-1])
+        self._check_log_weight(log_weight, tensordict)
+        clipped_log_weight = log_weight.clamp(*self._clip_bounds)
+        surrogate = (log_weight.exp() * advantage).minimum(clipped_log_weight.exp() * advantage)
+        log_ratio = log_weight.detach().squeeze(-1)
+
+        latent, fresh_log_prob = dist.rsample_and_log_prob()
+        x, y = latent.chunk(2, dim=-1)
+        compression_distance = (x - y).norm(dim=-1).mean()
+        entropy = entropy_estimate(fresh_log_prob)
+
+        out = TensorDict(
+            {
+                "loss_objective": -surrogate.mean(),
+                "loss_compression": self.compression_coeff * compression_distance,
+                "kl_approx": kl_k1(log_ratio),
+                "kl_k3": kl_k3(log_ratio),
+                "clip_fraction": (clipped_log_weight != log_weight).float().mean(),
+                "ESS": effective_sample_size(log_ratio),
+                "max_ratio": log_ratio.max().exp(),
+                "entropy": entropy.detach(),
+                "compression_distance": compression_distance.detach(),
+            }
+        )
+        if float(self.entropy_coeff) > 0:
+            out["loss_entropy"] = -self.entropy_coeff * entropy
+        if self._has_critic:
+            loss_critic, value_clip_fraction, explained_variance = self.loss_critic(tensordict)
+            out["loss_critic"] = loss_critic.mean()
+            out["explained_variance"] = explained_variance.mean()
+            if value_clip_fraction is not None:
+                out["value_clip_fraction"] = value_clip_fraction
+        return out
+
+    def _check_log_weight(self, log_weight, tensordict: TensorDictBase) -> None:
+        require_finite(log_weight, "GenPO log-ratio log π_θ − log π_old", tensordict, self.tensor_keys.action)
+        worst = log_weight.detach().abs().max()
+        if worst > self.max_abs_log_ratio:
+            raise NumericalError(
+                f"GenPO log-ratio reached |log π_θ − log π_old| = {float(worst):.3g} > max_abs_log_ratio="
+                f"{self.max_abs_log_ratio}: the policy moved far from the one that collected the data "
+                "(a learning-rate or KL blow-up); lower the learning rate or the target KL"
+            )
