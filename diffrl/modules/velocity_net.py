@@ -26,12 +26,17 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def make_activation(name: Activation) -> nn.Module:
-    """An activation module by name; an unknown name is a clear error."""
+def activation_class(name: Activation) -> type[nn.Module]:
+    """An activation class by name; an unknown name is a clear error."""
     try:
-        return _ACTIVATIONS[name]()
+        return _ACTIVATIONS[name]
     except KeyError:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}") from None
+
+
+def make_activation(name: Activation) -> nn.Module:
+    """An activation module by name."""
+    return activation_class(name)()
 
 
 class SinusoidalTimeEmbedding(nn.Module):

@@ -1,0 +1,198 @@
+"""One training run from a Hydra config: env, modules, loss, trainer, MLflow, checkpoints, resume.
+
+Recipes (``recipes/*.py``) are thin Hydra entry points over :func:`run_experiment`; a user
+script can call it with any ``DictConfig`` of the same layout (see ``recipes/config``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torchrl.envs import EnvBase
+
+from diffrl.training.learning_curve import plot_learning_curve
+from diffrl.training.on_policy import OnPolicyTrainer
+from diffrl.training.tracking import MLflowTracker, default_tracking_uri
+
+logger = logging.getLogger("diffrl.training")
+
+RUN_INFO = "run.json"
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves behind."""
+
+    run_dir: Path
+    mlflow_run_id: str
+    tracking_uri: str
+    history: list[dict[str, float]]
+    final_checkpoint: Path | None
+
+
+def run_dir_of_checkpoint(checkpoint: str | Path) -> Path:
+    """``<run_dir>/checkpoints/checkpoint-…`` → ``<run_dir>``: a resumed run continues in place."""
+    return Path(checkpoint).resolve().parent.parent
+
+
+def make_env(env_cfg: DictConfig, seed: int) -> EnvBase:
+    """The TorchRL env a config names: Isaac Lab (Newton) or gymnasium MuJoCo."""
+    if env_cfg.num_envs < 1:
+        raise ValueError(f"env.num_envs must be >= 1, got {env_cfg.num_envs}")
+    if env_cfg.backend == "isaaclab":
+        from diffrl.envs.isaaclab import make_isaaclab_env
+
+        return make_isaaclab_env(
+            env_cfg.task, env_cfg.num_envs, device=env_cfg.device, seed=seed, assets=env_cfg.assets
+        )
+    if env_cfg.backend == "mujoco":
+        from diffrl.envs.gym import make_gym_env
+
+        return make_gym_env(
+            env_cfg.task,
+            env_cfg.num_envs,
+            device=env_cfg.device,
+            seed=seed,
+            max_episode_steps=env_cfg.max_episode_steps,
+        )
+    raise ValueError(f"unknown env.backend {env_cfg.backend!r}; choose 'isaaclab' or 'mujoco'")
+
+
+def _check_device(device: str) -> None:
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"env.device={device!r} is not a torch device: {error}") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"env.device={device!r} but no CUDA device is available here; use env.device=cpu")
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
+    """Train as ``cfg`` says, tracking into MLflow and checkpointing under ``run_dir``.
+
+    With ``cfg.resume`` set to a checkpoint, networks, optimizer, learning rate, observation
+    statistics, counters and RNG state are restored and the same MLflow run continues.
+    SIGTERM is treated like Ctrl-C: the last completed iteration is checkpointed and the
+    MLflow run is closed as ``KILLED``.
+    """
+    run_dir = Path(run_dir)
+    _check_device(cfg.env.device)
+    resume = Path(cfg.resume) if cfg.resume else None
+    run_info: dict[str, str] = {}
+    if resume is not None:
+        if not resume.exists():
+            raise ValueError(f"resume={resume}: no such checkpoint")
+        run_dir = run_dir_of_checkpoint(resume)
+        info_path = run_dir / RUN_INFO
+        if info_path.exists():
+            run_info = json.loads(info_path.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    env = make_env(cfg.env, cfg.seed)
+    observation_key = cfg.env.observation_key
+    obs_dim = env.observation_spec[observation_key].shape[-1]
+    action_dim = env.action_spec.shape[-1]
+    actor = instantiate(
+        cfg.algorithm.actor, observation_key=observation_key, **_dims(cfg.algorithm.actor, obs_dim, action_dim)
+    )
+    critic = instantiate(cfg.algorithm.critic, obs_dim=obs_dim, observation_key=observation_key)
+    loss_module = instantiate(cfg.algorithm.loss, actor_network=actor, critic_network=critic)
+
+    trainer = OnPolicyTrainer(
+        env=env,
+        actor=actor,
+        critic=critic,
+        loss_module=loss_module,
+        total_frames=cfg.collector.total_frames,
+        steps_per_env=cfg.collector.steps_per_env,
+        checkpoint_dir=run_dir / "checkpoints",
+        checkpoint_every=cfg.checkpoint.every,
+        keep_checkpoints=cfg.checkpoint.keep,
+        progress=cfg.logger.progress,
+        **OmegaConf.to_container(cfg.algorithm.trainer, resolve=True),
+    )
+    if resume is not None:
+        trainer.load_checkpoint(resume)
+
+    tracking_uri = cfg.logger.tracking_uri or run_info.get("tracking_uri") or default_tracking_uri(run_dir)
+    tracker = MLflowTracker(
+        tracking_uri,
+        experiment=cfg.logger.experiment,
+        run_name=f"{cfg.algorithm.name}-{cfg.env.task}-seed{cfg.seed}",
+        run_id=run_info.get("mlflow_run_id") if resume is not None else None,
+        artifact_location=(run_dir / "mlartifacts").resolve().as_uri() if not cfg.logger.tracking_uri else None,
+    )
+    (run_dir / RUN_INFO).write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri}))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    config_path = run_dir / "config.yaml"
+    config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if resume is None:
+        tracker.log_params(resolved)
+        tracker.log_artifact(config_path)
+    tracker.set_tags(_env_tags(env, cfg))
+
+    trainer.on_metrics = tracker.log_metrics
+
+    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        history = trainer.train()
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        env.close()
+
+    final_checkpoint = trainer.checkpoints.latest() if trainer.checkpoints is not None else None
+    curve = plot_learning_curve(
+        history, run_dir / "learning_curve.png", title=f"{cfg.algorithm.name} on {cfg.env.task}"
+    )
+    policy_path = run_dir / "policy.pt"
+    torch.save(
+        {
+            "actor": actor.state_dict(),
+            "observation_normalizer": trainer.observation_normalizer.state_dict()
+            if trainer.observation_normalizer is not None
+            else None,
+            "config": resolved,
+        },
+        policy_path,
+    )
+    for artifact in (curve, policy_path):
+        tracker.log_artifact(artifact)
+    if final_checkpoint is not None:
+        tracker.log_artifact(final_checkpoint, artifact_path=f"checkpoints/{final_checkpoint.name}")
+    tracker.finish()
+    logger.info("run finished: %s (MLflow: mlflow ui --backend-store-uri %s)", run_dir, tracking_uri)
+    return RunResult(run_dir, tracker.run_id, tracking_uri, history, final_checkpoint)
+
+
+def _dims(actor_cfg: DictConfig, obs_dim: int, action_dim: int) -> dict[str, Any]:
+    """The env's sizes, passed where the actor config expects them (its flow, or itself)."""
+    if "flow" in actor_cfg:
+        return {"flow": {"action_dim": action_dim, "obs_dim": obs_dim}}
+    return {"action_dim": action_dim, "obs_dim": obs_dim}
+
+
+def _env_tags(env: EnvBase, cfg: DictConfig) -> dict[str, str]:
+    tags = {"task": cfg.env.task, "backend": cfg.env.backend, "device": cfg.env.device}
+    assets = getattr(env, "asset_source", None)
+    if assets is not None:
+        tags["assets"] = str(assets)
+    return tags

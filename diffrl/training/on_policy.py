@@ -1,0 +1,317 @@
+"""The on-policy loop every recipe shares: collect → GAE → epochs × minibatches.
+
+Built from TorchRL 0.14 parts: ``Collector`` for rollouts, ``GAE`` for advantages,
+``KLAdaptiveLR`` for GenPO's / rsl_rl's learning-rate rule, ``VecNormV2`` for observation
+normalization, ``RewardSum``/``StepCounter`` for episode statistics and
+``torchrl.checkpoint`` for atomic, rotated checkpoints with RNG state. What is written
+here is only what those lack: the epoch/minibatch schedule, whole-rollout advantage
+normalization, gradient clipping, metrics, the progress bar and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torchrl.checkpoint import Checkpoint, CheckpointError, CheckpointRotation, GlobalRNGState
+from torchrl.collectors import Collector
+from torchrl.envs import Compose, EnvBase, RewardSum, StepCounter, TransformedEnv, VecNormV2
+from torchrl.objectives import KLAdaptiveLR, LossModule
+from torchrl.objectives.value import GAE
+from tqdm.auto import tqdm
+
+logger = logging.getLogger("diffrl.training")
+
+MetricsCallback = Callable[[dict[str, float], int], None]
+
+
+class TrainingProgress:
+    """What a checkpoint must carry so a resumed run continues, never restarts: counters,
+    the metrics history (for the learning curve) and the window of recent episodes."""
+
+    def __init__(self) -> None:
+        self.iteration = 0
+        self.frames = 0
+        self.history: list[dict[str, float]] = []
+        # rsl_rl reports the mean over the last 100 finished episodes: a smooth, comparable curve.
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.recent_lengths: deque[float] = deque(maxlen=100)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "frames": self.frames,
+            "history": json.dumps(self.history),
+            "recent_returns": list(self.recent_returns),
+            "recent_lengths": list(self.recent_lengths),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration = int(state["iteration"])
+        self.frames = int(state["frames"])
+        self.history = json.loads(state["history"])
+        self.recent_returns = deque(state["recent_returns"], maxlen=100)
+        self.recent_lengths = deque(state["recent_lengths"], maxlen=100)
+
+
+class OnPolicyTrainer:
+    """PPO-style training of any TorchRL PPO-family loss (GenPO, TruDi, Gaussian PPO).
+
+    Each iteration collects ``steps_per_env`` steps from every env, computes GAE with
+    time-out bootstrapping (the env must give the true final observation on a truncated
+    step), normalizes advantages over the whole rollout, then runs ``num_epochs`` passes
+    of ``num_minibatches`` shuffled minibatches: the sum of the loss's ``loss_*`` terms,
+    gradient-norm clipping, and — per minibatch, as in GenPO and rsl_rl — the
+    KL-adaptive learning rate fed with the loss's ``kl_approx``.
+
+    Args:
+        env: a batched TorchRL env (batch size [num_envs]).
+        actor: the policy module (its ``in_keys[0]`` is the observation key normalized).
+        critic: the value module.
+        loss_module: the loss; its ``loss_*`` outputs are summed.
+        total_frames: stop after this many env steps (counted over all envs).
+        steps_per_env: rollout length per env per iteration (GenPO Ant: 32).
+        num_epochs, num_minibatches: the update schedule (GenPO: 5 × 4).
+        learning_rate: initial Adam learning rate (GenPO: 5e-4).
+        adaptive_lr: adapt the lr to ``desired_kl`` (``KLAdaptiveLR``); else keep it fixed.
+        desired_kl, lr_factor, min_lr, max_lr: the adaptive rule (GenPO: 0.01, 1.5, 1e-5, 1e-2).
+        gamma, lmbda: GAE discount and λ (GenPO: 0.99, 0.95).
+        max_grad_norm: global gradient-norm clip (GenPO: 1.0).
+        normalize_advantage: standardize advantages over the rollout.
+        normalize_observations: a running ``VecNormV2`` on the observation (saved in checkpoints).
+        checkpoint_dir: where rotated checkpoints go (``None``: no checkpoints).
+        checkpoint_every: iterations between checkpoints (a final one is always written).
+        keep_checkpoints: how many recent checkpoints to keep.
+        on_metrics: called with ``(metrics, iteration)`` after every iteration (e.g. MLflow).
+        progress: show a tqdm progress bar.
+    """
+
+    def __init__(
+        self,
+        *,
+        env: EnvBase,
+        actor: TensorDictModuleBase,
+        critic: TensorDictModuleBase,
+        loss_module: LossModule,
+        total_frames: int,
+        steps_per_env: int = 32,
+        num_epochs: int = 5,
+        num_minibatches: int = 4,
+        learning_rate: float = 5e-4,
+        adaptive_lr: bool = True,
+        desired_kl: float = 0.01,
+        lr_factor: float = 1.5,
+        min_lr: float = 1e-5,
+        max_lr: float = 1e-2,
+        gamma: float = 0.99,
+        lmbda: float = 0.95,
+        max_grad_norm: float = 1.0,
+        normalize_advantage: bool = True,
+        normalize_observations: bool = True,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 50,
+        keep_checkpoints: int = 3,
+        on_metrics: MetricsCallback | None = None,
+        progress: bool = True,
+    ) -> None:
+        if env.batch_size.numel() < 1 or len(env.batch_size) != 1:
+            raise ValueError(f"OnPolicyTrainer needs a batched env with batch size [num_envs], got {env.batch_size}")
+        if steps_per_env < 1 or num_epochs < 1 or num_minibatches < 1 or total_frames < 1:
+            raise ValueError("steps_per_env, num_epochs, num_minibatches and total_frames must all be >= 1")
+        self.num_envs = env.batch_size[0]
+        self.frames_per_batch = self.num_envs * steps_per_env
+        if self.frames_per_batch < num_minibatches:
+            raise ValueError(
+                f"{self.frames_per_batch} frames per batch cannot be split into {num_minibatches} minibatches"
+            )
+        observation_key = actor.in_keys[0]
+        transforms = [RewardSum(), StepCounter()]
+        self.observation_normalizer = None
+        if normalize_observations:
+            self.observation_normalizer = VecNormV2(in_keys=[observation_key], decay=0.9999, reduce_batch_dims=True)
+            transforms.insert(0, self.observation_normalizer)
+        self.env = TransformedEnv(env, Compose(*transforms))
+        self.actor, self.critic, self.loss_module = actor, critic, loss_module
+        self.total_frames = total_frames
+        self.num_epochs, self.num_minibatches = num_epochs, num_minibatches
+        self.max_grad_norm = max_grad_norm
+        self.normalize_advantage = normalize_advantage
+        self.advantage_module = GAE(gamma=gamma, lmbda=lmbda, value_network=critic, average_gae=False)
+        self.optimizer = torch.optim.Adam(loss_module.parameters(), lr=learning_rate)
+        self.lr_schedule = (
+            KLAdaptiveLR(self.optimizer, desired_kl, factor=lr_factor, min_lr=min_lr, max_lr=max_lr)
+            if adaptive_lr
+            else None
+        )
+        self.progress = TrainingProgress()
+        self.on_metrics = on_metrics
+        self.show_progress = progress
+        self.checkpoint = Checkpoint(
+            actor=actor,
+            critic=critic,
+            optimizer=self.optimizer,
+            progress=self.progress,
+            rng=GlobalRNGState(),
+            **({"lr_schedule": self.lr_schedule} if self.lr_schedule is not None else {}),
+            **({"observation_normalizer": self.observation_normalizer} if normalize_observations else {}),
+        )
+        self.checkpoints = (
+            CheckpointRotation(checkpoint_dir, keep_last=keep_checkpoints) if checkpoint_dir is not None else None
+        )
+        self.checkpoint_every = checkpoint_every
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint (atomically; old ones rotated) and return its path."""
+        if self.checkpoints is None:
+            return None
+        path = self.checkpoints.save(
+            self.checkpoint, step=self.progress.iteration, metadata={"frames": self.progress.frames}
+        )
+        logger.info("checkpoint written: %s", path)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore everything needed to continue: networks, optimizer, lr, normalizer, counters, RNG.
+
+        A missing, corrupted or incompatible checkpoint is a :class:`ValueError` naming the
+        file and what is wrong.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"checkpoint {path} does not exist")
+        if not Checkpoint.is_checkpoint(path):
+            raise ValueError(f"{path} is not a TorchRL checkpoint (no readable manifest): corrupted or wrong path")
+        try:
+            self.checkpoint.load(path)
+        except (CheckpointError, RuntimeError, KeyError, ValueError, OSError) as error:
+            raise ValueError(f"cannot resume from checkpoint {path}: {error}") from error
+        logger.info("resumed from %s at iteration %d, %d frames", path, self.progress.iteration, self.progress.frames)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def train(self) -> list[dict[str, float]]:
+        """Run until ``total_frames``; returns all per-iteration metrics (resumed runs included) (also sent to ``on_metrics``).
+
+        A crash or Ctrl-C writes a checkpoint of the last completed iteration before the
+        exception propagates, so nothing but the iteration in progress is lost.
+        """
+        collector = Collector(
+            self.env,
+            self.actor,
+            frames_per_batch=self.frames_per_batch,
+            total_frames=-1,
+            auto_register_policy_transforms=False,
+        )
+        bar = tqdm(
+            total=self.total_frames,
+            initial=self.progress.frames,
+            unit="frames",
+            unit_scale=True,
+            disable=not self.show_progress,
+            dynamic_ncols=True,
+        )
+        completed_since_save = 0
+        try:
+            collect_start = time.perf_counter()
+            for batch in collector:
+                if self.progress.frames >= self.total_frames:
+                    break
+                collect_time = time.perf_counter() - collect_start
+                update_start = time.perf_counter()
+                metrics = self._update(batch)
+                update_time = time.perf_counter() - update_start
+                self.progress.iteration += 1
+                self.progress.frames += batch.numel()
+                completed_since_save += 1
+                metrics.update(
+                    frames=float(self.progress.frames),
+                    frames_per_second=batch.numel() / (collect_time + update_time),
+                    collection_time=collect_time,
+                    update_time=update_time,
+                    learning_rate=float(self.optimizer.param_groups[0]["lr"]),
+                )
+                self.progress.history.append(metrics)
+                if self.on_metrics is not None:
+                    self.on_metrics(metrics, self.progress.iteration)
+                bar.update(batch.numel())
+                bar.set_postfix(_progress_summary(metrics), refresh=False)
+                if self.progress.iteration % self.checkpoint_every == 0:
+                    self.save_checkpoint()
+                    completed_since_save = 0
+                collect_start = time.perf_counter()
+        except BaseException:
+            if completed_since_save:
+                logger.warning("training interrupted: saving a checkpoint of the last completed iteration")
+                self.save_checkpoint()
+            raise
+        finally:
+            bar.close()
+            collector.shutdown()
+        if completed_since_save:
+            self.save_checkpoint()
+        return self.progress.history
+
+    def _update(self, batch: TensorDictBase) -> dict[str, float]:
+        metrics = self._episode_metrics(batch)
+        with torch.no_grad():
+            self.advantage_module(batch)
+        flat = batch.reshape(-1)
+        if self.normalize_advantage:
+            advantage = flat["advantage"]
+            flat["advantage"] = (advantage - advantage.mean()) / advantage.std().clamp_min(1e-8)
+        sums: dict[str, torch.Tensor] = {}
+        grad_norms = []
+        minibatch_size = flat.numel() // self.num_minibatches
+        for _ in range(self.num_epochs):
+            order = torch.randperm(flat.numel(), device=flat.device)
+            for index in range(self.num_minibatches):
+                minibatch = flat[order[index * minibatch_size : (index + 1) * minibatch_size]]
+                out = self.loss_module(minibatch)
+                if self.lr_schedule is not None:
+                    self.lr_schedule.step(out["kl_approx"])
+                loss = sum(value for key, value in out.items() if key.startswith("loss_"))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norms.append(torch.nn.utils.clip_grad_norm_(self.loss_module.parameters(), self.max_grad_norm))
+                self.optimizer.step()
+                for key, value in out.items():
+                    sums[key] = sums.get(key, 0.0) + value.detach().float()
+        count = self.num_epochs * self.num_minibatches
+        metrics.update({key: float(value) / count for key, value in sums.items()})
+        metrics["grad_norm"] = float(torch.stack(grad_norms).mean())
+        metrics["reward_per_step"] = float(batch["next", "reward"].mean())
+        return metrics
+
+    def _episode_metrics(self, batch: TensorDictBase) -> dict[str, float]:
+        """Mean return and length over the last 100 finished episodes (NaN before the first one ends)."""
+        done = batch["next", "done"].squeeze(-1)
+        returns, lengths = self.progress.recent_returns, self.progress.recent_lengths
+        returns.extend(batch["next", "episode_reward"].squeeze(-1)[done].tolist())
+        lengths.extend(batch["next", "step_count"].squeeze(-1)[done].tolist())
+        if not returns:
+            return {"episode_return": math.nan, "episode_length": math.nan, "episodes_finished": 0.0}
+        return {
+            "episode_return": sum(returns) / len(returns),
+            "episode_length": sum(lengths) / len(lengths),
+            "episodes_finished": float(done.sum()),
+        }
+
+
+def _progress_summary(metrics: dict[str, Any]) -> dict[str, str]:
+    return {
+        "return": f"{metrics['episode_return']:.3g}",
+        "fps": f"{metrics['frames_per_second']:.0f}",
+        "kl": f"{metrics.get('kl_approx', math.nan):.2g}",
+        "lr": f"{metrics['learning_rate']:.1e}",
+    }

@@ -1,0 +1,104 @@
+"""OnPolicyTrainer on a real MuJoCo env: counters, checkpoints, resume, crash safety, bad checkpoints."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffrl.envs.gym import make_gym_env
+from diffrl.modules.genpo_actor import GenPOActor
+from diffrl.modules.genpo_flow import GenPOFlow
+from diffrl.modules.value_net import make_value_network
+from diffrl.objectives.genpo import GenPOLoss
+from diffrl.training.on_policy import OnPolicyTrainer
+
+NUM_ENVS, STEPS = 4, 16
+
+
+def make_trainer(checkpoint_dir: Path, total_frames: int, **kwargs) -> OnPolicyTrainer:
+    torch.manual_seed(0)
+    env = make_gym_env("HalfCheetah-v5", NUM_ENVS, seed=0, max_episode_steps=20)
+    obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+    actor = GenPOActor(GenPOFlow(action_dim, obs_dim, num_steps=2, hidden_sizes=[16]))
+    critic = make_value_network(obs_dim, [16])
+    return OnPolicyTrainer(
+        env=env,
+        actor=actor,
+        critic=critic,
+        loss_module=GenPOLoss(actor, critic),
+        total_frames=total_frames,
+        steps_per_env=STEPS,
+        num_epochs=2,
+        num_minibatches=2,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=2,
+        progress=False,
+        **kwargs,
+    )
+
+
+def test_iterations_frames_and_metrics_are_counted(tmp_path):
+    trainer = make_trainer(tmp_path, total_frames=3 * NUM_ENVS * STEPS)
+    history = trainer.train()
+    assert [entry["frames"] for entry in history] == [64.0, 128.0, 192.0]
+    assert trainer.progress.iteration == 3
+    # 20-step episodes end within 64-frame batches of 16 steps per env: returns are reported.
+    assert math.isfinite(history[-1]["episode_return"]) and history[-1]["episode_length"] == 20.0
+    for key in ("loss_objective", "loss_critic", "loss_compression", "kl_approx", "kl_k3", "ESS", "learning_rate"):
+        assert math.isfinite(history[-1][key]), key
+    assert [path.name for path in trainer.checkpoints.checkpoints()] == [
+        "checkpoint-000000000002",
+        "checkpoint-000000000003",
+    ]
+
+
+def test_resume_continues_counters_history_and_parameters(tmp_path):
+    first = make_trainer(tmp_path, total_frames=2 * NUM_ENVS * STEPS)
+    first.train()
+    saved = {key: value.clone() for key, value in first.actor.state_dict().items()}
+    saved_lr = first.optimizer.param_groups[0]["lr"]
+
+    resumed = make_trainer(tmp_path, total_frames=4 * NUM_ENVS * STEPS)
+    resumed.load_checkpoint(first.checkpoints.latest())
+    assert resumed.progress.iteration == 2 and resumed.progress.frames == 128
+    assert resumed.optimizer.param_groups[0]["lr"] == saved_lr
+    for key, value in resumed.actor.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    history = resumed.train()
+    assert [entry["frames"] for entry in history] == [64.0, 128.0, 192.0, 256.0]
+    assert resumed.progress.iteration == 4
+
+
+def test_interrupted_training_checkpoints_the_last_completed_iteration(tmp_path):
+    def interrupt_at_third(metrics: dict[str, float], iteration: int) -> None:
+        if iteration == 3:
+            raise KeyboardInterrupt
+
+    trainer = make_trainer(tmp_path, total_frames=10 * NUM_ENVS * STEPS, on_metrics=interrupt_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert trainer.checkpoints.latest().name == "checkpoint-000000000003"
+    resumed = make_trainer(tmp_path, total_frames=10 * NUM_ENVS * STEPS)
+    resumed.load_checkpoint(trainer.checkpoints.latest())
+    assert resumed.progress.iteration == 3
+
+
+def test_corrupted_or_missing_checkpoint_is_a_clear_error(tmp_path):
+    trainer = make_trainer(tmp_path / "run", total_frames=2 * NUM_ENVS * STEPS)
+    trainer.train()
+    latest = trainer.checkpoints.latest()
+    with pytest.raises(ValueError, match="does not exist"):
+        trainer.load_checkpoint(tmp_path / "nowhere")
+    payloads = [path for path in latest.rglob("*") if path.is_file() and path.suffix != ".json"]
+    assert payloads, "the checkpoint has tensor payloads to corrupt"
+    for payload in payloads:
+        payload.write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match=f"cannot resume from checkpoint {latest}"):
+        trainer.load_checkpoint(latest)
+    not_a_checkpoint = tmp_path / "empty"
+    not_a_checkpoint.mkdir()
+    with pytest.raises(ValueError, match="not a TorchRL checkpoint"):
+        trainer.load_checkpoint(not_a_checkpoint)
