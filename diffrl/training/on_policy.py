@@ -201,7 +201,7 @@ class OnPolicyTrainer:
     # -- the loop ------------------------------------------------------------------------------
 
     def train(self) -> list[dict[str, float]]:
-        """Run until ``total_frames``; returns all per-iteration metrics (resumed runs included) (also sent to ``on_metrics``).
+        """Run until ``total_frames``; return every iteration's metrics, resumed ones included.
 
         A crash or Ctrl-C writes a checkpoint of the last completed iteration before the
         exception propagates, so nothing but the iteration in progress is lost.
