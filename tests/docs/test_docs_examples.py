@@ -1,0 +1,24 @@
+"""The user scripts in the docs run as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def python_blocks(markdown: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown.read_text(), flags=re.DOTALL)
+
+
+@pytest.mark.parametrize("page", ["genpo.md"])
+def test_user_script_runs(page, capsys):
+    blocks = python_blocks(DOCS / page)
+    assert blocks, f"docs/{page} has no python example"
+    for block in blocks:
+        exec(compile(block, f"docs/{page}", "exec"), {"__name__": "__docs__"})
+    printed = capsys.readouterr().out
+    assert printed.count("reward/step") == 3  # one line per collected batch
