@@ -192,7 +192,8 @@ def _dims(actor_cfg: DictConfig, obs_dim: int, action_dim: int) -> dict[str, Any
 
 def _env_tags(env: EnvBase, cfg: DictConfig) -> dict[str, str]:
     tags = {"task": cfg.env.task, "backend": cfg.env.backend, "device": cfg.env.device}
-    assets = getattr(env, "asset_source", None)
-    if assets is not None:
-        tags["assets"] = str(assets)
+    assets = getattr(env, "isaaclab_assets", None)
+    if assets is not None:  # official assets or offline stand-ins: always on record
+        tags["assets"] = assets.source
+        tags["asset_root"] = assets.root
     return tags

@@ -257,7 +257,7 @@ class OnPolicyTrainer:
             raise
         finally:
             bar.close()
-            collector.shutdown()
+            collector.shutdown(close_env=False)  # the env belongs to the caller
         if completed_since_save:
             self.save_checkpoint()
         return self.progress.history
