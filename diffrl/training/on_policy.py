@@ -137,7 +137,8 @@ class OnPolicyTrainer:
         transforms = [RewardSum(), StepCounter()]
         self.observation_normalizer = None
         if normalize_observations:
-            self.observation_normalizer = VecNormV2(in_keys=[observation_key], decay=0.9999, reduce_batch_dims=True)
+            # decay=1 weighs every sample equally, as rsl_rl's empirical normalization does.
+            self.observation_normalizer = VecNormV2(in_keys=[observation_key], decay=1.0, reduce_batch_dims=True)
             transforms.insert(0, self.observation_normalizer)
         self.env = TransformedEnv(env, Compose(*transforms))
         self.actor, self.critic, self.loss_module = actor, critic, loss_module
@@ -245,7 +246,15 @@ class OnPolicyTrainer:
                 if self.on_metrics is not None:
                     self.on_metrics(metrics, self.progress.iteration)
                 bar.update(batch.numel())
-                bar.set_postfix(_progress_summary(metrics), refresh=False)
+                summary = _progress_summary(metrics)
+                bar.set_postfix(summary, refresh=False)
+                if not self.show_progress:  # logs still show the run's progress
+                    logger.info(
+                        "iteration %d, %d frames: %s",
+                        self.progress.iteration,
+                        self.progress.frames,
+                        ", ".join(f"{key} {value}" for key, value in summary.items()),
+                    )
                 if self.progress.iteration % self.checkpoint_every == 0:
                     self.save_checkpoint()
                     completed_since_save = 0
