@@ -37,8 +37,8 @@ class GenPOActor(TensorDictModuleBase):
         observation_key: where the observation is read (Isaac Lab's own wrapper calls it
             ``"policy"``).
         action_key, latent_key, log_prob_key: where the outputs are written.
-        check_finite: raise on a non-finite observation, naming the offending batch
-            entries (one host synchronization per call).
+        check_finite: raise on a non-finite observation (naming the offending batch
+            entries) or action (a diverged network); two host synchronizations per call.
 
     Example:
         >>> import torch
@@ -102,6 +102,11 @@ class GenPOActor(TensorDictModuleBase):
         else:
             noise = torch.randn(noise_shape, dtype=observation.dtype, device=observation.device)
         latent = self.flow(noise, observation)
+        if self.check_finite and not torch.isfinite(latent).all():
+            raise FloatingPointError(
+                "GenPO flow produced non-finite actions from finite observations: the velocity net has diverged "
+                f"(max |parameter| = {max(float(p.abs().max()) for p in self.flow.parameters()):.3g})"
+            )
         log_prob = self.flow.log_prob_of_noise(noise)
         tensordict.set(self.action_key, self.flow.action_from_latent(latent))
         tensordict.set(self.latent_key, latent)

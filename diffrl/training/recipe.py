@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,3 +41,14 @@ def run_from_hydra(cfg: DictConfig) -> None:
         result.run_dir,
         result.tracking_uri,
     )
+
+
+def recipe_main(config_name: str, config_dir: str | Path) -> Callable[[], None]:
+    """The Hydra entry point of a recipe: ``main = recipe_main("genpo_isaaclab", Path(__file__).parent / "config")``."""
+    register_resolvers()
+
+    @hydra.main(config_path=str(Path(config_dir).resolve()), config_name=config_name, version_base="1.3")
+    def main(cfg: DictConfig) -> None:
+        run_from_hydra(cfg)
+
+    return main

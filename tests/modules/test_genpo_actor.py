@@ -92,3 +92,10 @@ def test_keys_are_configurable():
     td = actor(TensorDict({"policy": torch.randn(4, 3)}, batch_size=[4]))
     assert td["agent", "action"].shape == (4, 2) and td["z"].shape == (4, 4)
     assert actor.in_keys == ["policy"]
+
+
+def test_diverged_network_is_reported_not_sent_to_the_env(actor):
+    with torch.no_grad():
+        actor.flow.velocity_net.trunk[-1].bias.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match="velocity net has diverged"):
+        actor(TensorDict({"observation": torch.randn(3, 4, dtype=torch.float64)}, batch_size=[3]))
