@@ -8,7 +8,7 @@ from torchrl.objectives import ClipPPOLoss
 
 from diffrl.modules.genpo_actor import GenPOActor
 from diffrl.objectives.estimators import effective_sample_size, entropy_estimate, kl_k1, kl_k3
-from diffrl.objectives.numerics import NumericalError, require_finite
+from diffrl.objectives.numerics import require_bounded_log_ratio
 
 
 class GenPOLoss(ClipPPOLoss):
@@ -124,7 +124,15 @@ class GenPOLoss(ClipPPOLoss):
 
         # log_weight = log π_θ − log π_old, [*B, 1]: one inversion of the flow.
         log_weight, dist, _, _ = self._log_weight(tensordict, adv_shape=advantage.shape[:-1])
-        self._check_log_weight(log_weight, tensordict)
+        require_bounded_log_ratio(
+            log_weight,
+            self.max_abs_log_ratio,
+            "GenPO log-ratio log π_θ − log π_old",
+            tensordict,
+            self.tensor_keys.action,
+            hint="the policy moved far from the one that collected the data (a learning-rate or KL blow-up); "
+            "lower the learning rate or the target KL",
+        )
         clipped_log_weight = log_weight.clamp(*self._clip_bounds)
         surrogate = (log_weight.exp() * advantage).minimum(clipped_log_weight.exp() * advantage)
         log_ratio = log_weight.detach().squeeze(-1)
@@ -156,13 +164,3 @@ class GenPOLoss(ClipPPOLoss):
             if value_clip_fraction is not None:
                 out["value_clip_fraction"] = value_clip_fraction
         return out
-
-    def _check_log_weight(self, log_weight, tensordict: TensorDictBase) -> None:
-        require_finite(log_weight, "GenPO log-ratio log π_θ − log π_old", tensordict, self.tensor_keys.action)
-        worst = log_weight.detach().abs().max()
-        if worst > self.max_abs_log_ratio:
-            raise NumericalError(
-                f"GenPO log-ratio reached |log π_θ − log π_old| = {float(worst):.3g} > max_abs_log_ratio="
-                f"{self.max_abs_log_ratio}: the policy moved far from the one that collected the data "
-                "(a learning-rate or KL blow-up); lower the learning rate or the target KL"
-            )

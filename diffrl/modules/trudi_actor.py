@@ -1,0 +1,148 @@
+"""TruDi's denoising-chain policy as a TensorDict module (arXiv 2606.15260; chain: arXiv 2409.00588).
+
+Symbols: B the batch shape, o the observation size, d the action dimension, K the number of
+denoising steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from tensordict.utils import NestedKey
+from torchrl.envs.utils import ExplorationType, exploration_type
+
+from diffrl.modules.denoising_chain import DenoisingChain, Parameterization
+from diffrl.modules.noise_schedule import ScheduleKind
+from diffrl.modules.trudi_distribution import TruDiDistribution
+from diffrl.modules.velocity_net import Activation
+
+_DETERMINISTIC_TYPES = (ExplorationType.DETERMINISTIC, ExplorationType.MODE, ExplorationType.MEAN)
+
+
+class TruDiActor(TensorDictModuleBase):
+    """Samples a K-step Gaussian denoising chain and writes the action, the chain and its likelihood.
+
+    Reads ``observation_key`` [*B, o] and writes
+
+    - ``action_key`` [*B, d]: x_0, the executed action;
+    - ``chain_key`` [*B, K+1, d]: the whole chain x_K..x_0 — the sample whose likelihood the
+      loss evaluates;
+    - ``means_key`` [*B, K, d] and ``stds_key`` [*B, K, d]: the per-step Gaussians the chain was
+      drawn from (chain order), i.e. the old policy of TruDi's trust region, stored so that
+      the loss need not recompute them;
+    - ``log_prob_key`` [*B]: the exact chain log-likelihood Σ_k log N(x_{k−1}; μ_k, σ_k²), from
+      the noise, detached.
+
+    Sampling runs without gradient. When TorchRL's exploration type is deterministic
+    (``DETERMINISTIC``, ``MODE`` or ``MEAN``) the noise-off chain runs from x_K = 0 (DDIM's
+    deterministic sampler for ``schedule="ddim", ddim_eta=0``); the log-prob written then is
+    that chain's density under the stochastic policy (see :meth:`DenoisingChain.sample`).
+
+    Args:
+        action_dim, obs_dim, num_steps, hidden_sizes, activation, time_embed_dim, min_std,
+            learn_std, parameterization, schedule, ddim_eta, denoised_clip: the
+            :class:`~diffrl.modules.denoising_chain.DenoisingChain`.
+        observation_key: where the observation is read (Isaac Lab's own wrapper: ``"policy"``).
+        action_key, chain_key, means_key, stds_key, log_prob_key: where the outputs are written.
+        check_finite: raise on a non-finite observation, naming the offending batch entries.
+
+    Example:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> actor = TruDiActor(action_dim=2, obs_dim=3, num_steps=4, hidden_sizes=[16])
+        >>> td = actor(TensorDict({"observation": torch.randn(5, 3)}, batch_size=[5]))
+        >>> td["action"].shape, td["denoising_chain"].shape, td["action_log_prob"].shape
+        (torch.Size([5, 2]), torch.Size([5, 5, 2]), torch.Size([5]))
+    """
+
+    def __init__(
+        self,
+        action_dim: int,
+        obs_dim: int,
+        num_steps: int = 5,
+        hidden_sizes: Sequence[int] = (256, 256),
+        activation: Activation = "mish",
+        time_embed_dim: int = 32,
+        min_std: float = 0.1,
+        learn_std: bool = False,
+        parameterization: Parameterization = "epsilon",
+        schedule: ScheduleKind = "ddpm",
+        ddim_eta: float = 0.0,
+        denoised_clip: float | None = 1.0,
+        *,
+        observation_key: NestedKey = "observation",
+        action_key: NestedKey = "action",
+        chain_key: NestedKey = "denoising_chain",
+        means_key: NestedKey = "denoising_means",
+        stds_key: NestedKey = "denoising_stds",
+        log_prob_key: NestedKey = "action_log_prob",
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        self.chain = DenoisingChain(
+            action_dim,
+            obs_dim,
+            num_steps=num_steps,
+            hidden_sizes=hidden_sizes,
+            activation=activation,
+            time_embed_dim=time_embed_dim,
+            min_std=min_std,
+            learn_std=learn_std,
+            parameterization=parameterization,
+            schedule=schedule,
+            ddim_eta=ddim_eta,
+            denoised_clip=denoised_clip,
+        )
+        self.observation_key = observation_key
+        self.action_key, self.chain_key, self.log_prob_key = action_key, chain_key, log_prob_key
+        self.means_key, self.stds_key = means_key, stds_key
+        self.check_finite = check_finite
+        self.in_keys = [observation_key]
+        self.out_keys = [action_key, chain_key, means_key, stds_key, log_prob_key]
+
+    @property
+    def num_steps(self) -> int:
+        return self.chain.num_steps
+
+    @property
+    def learn_std(self) -> bool:
+        return self.chain.learn_std
+
+    @property
+    def log_prob_keys(self) -> list[NestedKey]:
+        # TorchRL's PPO losses read these two to set their sample_log_prob and action keys.
+        return [self.log_prob_key]
+
+    @property
+    def dist_sample_keys(self) -> list[NestedKey]:
+        return [self.chain_key]
+
+    def _observation(self, tensordict: TensorDictBase) -> torch.Tensor:
+        observation = tensordict.get(self.observation_key)
+        if self.check_finite:
+            bad = ~torch.isfinite(observation).all(-1)
+            if bad.any():
+                raise ValueError(
+                    f"non-finite observation under {self.observation_key!r} for {int(bad.sum())} of "
+                    f"{bad.numel()} batch entries (first at index {bad.nonzero()[0].tolist()})"
+                )
+        return observation
+
+    def get_dist(self, tensordict: TensorDictBase) -> TruDiDistribution:
+        """The policy's distribution over denoising chains at the tensordict's observations."""
+        return TruDiDistribution(self.chain, self._observation(tensordict))
+
+    @torch.no_grad()
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        observation = self._observation(tensordict)
+        sample = self.chain.sample(observation, deterministic=exploration_type() in _DETERMINISTIC_TYPES)
+        # A copy, not a view: an env transform editing the action in place must not alter the chain.
+        tensordict.set(self.action_key, sample.chain[..., -1, :].clone())
+        tensordict.set(self.chain_key, sample.chain)
+        tensordict.set(self.means_key, sample.mean)
+        tensordict.set(self.stds_key, self.chain.stds(observation).expand_as(sample.mean))
+        tensordict.set(self.log_prob_key, sample.log_prob)
+        return tensordict
