@@ -45,6 +45,9 @@ class TruDiActor(TensorDictModuleBase):
         action_dim, obs_dim, num_steps, hidden_sizes, activation, time_embed_dim, min_std,
             learn_std, parameterization, schedule, ddim_eta, denoised_clip: the
             :class:`~diffrl.modules.denoising_chain.DenoisingChain`.
+        squash: execute tanh(x_0) instead of x_0 (bounded actions). ``"action_log_prob"`` stays
+            the likelihood of the stored, pre-squash chain: tanh is a fixed bijection, so its
+            Jacobian cancels in every ratio and KL the loss uses.
         observation_key: where the observation is read (Isaac Lab's own wrapper: ``"policy"``).
         action_key, chain_key, means_key, stds_key, log_prob_key: where the outputs are written.
         check_finite: raise on a non-finite observation, naming the offending batch entries.
@@ -72,6 +75,7 @@ class TruDiActor(TensorDictModuleBase):
         schedule: ScheduleKind = "ddpm",
         ddim_eta: float = 0.0,
         denoised_clip: float | None = 1.0,
+        squash: bool = False,
         *,
         observation_key: NestedKey = "observation",
         action_key: NestedKey = "action",
@@ -100,6 +104,7 @@ class TruDiActor(TensorDictModuleBase):
         self.action_key, self.chain_key, self.log_prob_key = action_key, chain_key, log_prob_key
         self.means_key, self.stds_key = means_key, stds_key
         self.check_finite = check_finite
+        self.squash = squash
         self.in_keys = [observation_key]
         self.out_keys = [action_key, chain_key, means_key, stds_key, log_prob_key]
 
@@ -139,8 +144,10 @@ class TruDiActor(TensorDictModuleBase):
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         observation = self._observation(tensordict)
         sample = self.chain.sample(observation, deterministic=exploration_type() in _DETERMINISTIC_TYPES)
-        # A copy, not a view: an env transform editing the action in place must not alter the chain.
-        tensordict.set(self.action_key, sample.chain[..., -1, :].clone())
+        final = sample.chain[..., -1, :]
+        # tanh makes a new tensor; otherwise a copy, not a view: an env transform editing the
+        # action in place must not alter the chain.
+        tensordict.set(self.action_key, final.tanh() if self.squash else final.clone())
         tensordict.set(self.chain_key, sample.chain)
         tensordict.set(self.means_key, sample.mean)
         tensordict.set(self.stds_key, self.chain.stds(observation).expand_as(sample.mean))

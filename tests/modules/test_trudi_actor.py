@@ -215,3 +215,18 @@ def test_invalid_arguments_are_clear_errors(kwargs, message):
     arguments = {"action_dim": D, "obs_dim": OBS, **kwargs}
     with pytest.raises(ValueError, match=message):
         TruDiActor(**arguments)
+
+
+def test_squashed_action_is_tanh_of_the_chain_end_and_keeps_the_chain_likelihood():
+    torch.manual_seed(0)
+    plain = TruDiActor(2, 3, num_steps=3, hidden_sizes=[16], squash=False).double()
+    squashed = TruDiActor(2, 3, num_steps=3, hidden_sizes=[16], squash=True).double()
+    squashed.load_state_dict(plain.state_dict())
+    obs = torch.randn(6, 3, dtype=torch.float64)
+    torch.manual_seed(1)
+    expected = plain(TensorDict({"observation": obs}, batch_size=[6]))
+    torch.manual_seed(1)
+    out = squashed(TensorDict({"observation": obs}, batch_size=[6]))
+    torch.testing.assert_close(out["action"], expected["denoising_chain"][:, -1].tanh(), rtol=0, atol=0)
+    torch.testing.assert_close(out["action_log_prob"], expected["action_log_prob"], rtol=0, atol=0)
+    assert out["action"].abs().max() < 1
