@@ -1,8 +1,8 @@
 """The on-policy loop every recipe shares: collect → GAE → epochs × minibatches.
 
 Built from TorchRL 0.14 parts: ``Collector`` for rollouts, ``GAE`` for advantages,
-``KLAdaptiveLR`` for GenPO's / rsl_rl's learning-rate rule, ``VecNormV2`` for observation
-normalization, ``RewardSum``/``StepCounter`` for episode statistics and
+``KLAdaptiveLR`` for GenPO's / rsl_rl's learning-rate rule, ``VecNormV2`` (made safe for
+constant features) for observation normalization, ``RewardSum``/``StepCounter`` for episode statistics and
 ``torchrl.checkpoint`` for atomic, rotated checkpoints with RNG state. What is written
 here is only what those lack: the epoch/minibatch schedule, whole-rollout advantage
 normalization, gradient clipping, metrics, the progress bar and resume.
@@ -24,10 +24,12 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torchrl.checkpoint import Checkpoint, CheckpointError, CheckpointRotation, GlobalRNGState
 from torchrl.collectors import Collector
-from torchrl.envs import Compose, EnvBase, RewardSum, StepCounter, TransformedEnv, VecNormV2
+from torchrl.envs import Compose, EnvBase, RewardSum, StepCounter, TransformedEnv
 from torchrl.objectives import KLAdaptiveLR, LossModule
 from torchrl.objectives.value import GAE
 from tqdm.auto import tqdm
+
+from diffrl.training.observation_normalizer import ObservationNormalizer
 
 logger = logging.getLogger("diffrl.training")
 
@@ -87,7 +89,8 @@ class OnPolicyTrainer:
         gamma, lmbda: GAE discount and λ (GenPO: 0.99, 0.95).
         max_grad_norm: global gradient-norm clip (GenPO: 1.0).
         normalize_advantage: standardize advantages over the rollout.
-        normalize_observations: a running ``VecNormV2`` on the observation (saved in checkpoints).
+        normalize_observations: a running :class:`ObservationNormalizer` (``VecNormV2``) on the
+            observation, saved in checkpoints.
         checkpoint_dir: where rotated checkpoints go (``None``: no checkpoints).
         checkpoint_every: iterations between checkpoints (a final one is always written).
         keep_checkpoints: how many recent checkpoints to keep.
@@ -138,7 +141,9 @@ class OnPolicyTrainer:
         self.observation_normalizer = None
         if normalize_observations:
             # decay=1 weighs every sample equally, as rsl_rl's empirical normalization does.
-            self.observation_normalizer = VecNormV2(in_keys=[observation_key], decay=1.0, reduce_batch_dims=True)
+            self.observation_normalizer = ObservationNormalizer(
+                in_keys=[observation_key], decay=1.0, reduce_batch_dims=True
+            )
             transforms.insert(0, self.observation_normalizer)
         self.env = TransformedEnv(env, Compose(*transforms))
         self.actor, self.critic, self.loss_module = actor, critic, loss_module

@@ -1,0 +1,329 @@
+"""Frames per second on Isaac Lab: collection with and without a policy, and end-to-end training vs rsl_rl.
+
+Collection (per task and number of envs, in one worker process each, since Isaac Lab allows one
+simulation per process):
+
+- ``isaaclab_step``: Isaac Lab's own ``env.step`` with random actions, no TorchRL: the limit;
+- ``random``: TorchRL's ``Collector`` with random actions (adds the wrapper and collector);
+- ``gaussian`` and ``genpo``: the ``Collector`` with the recipes' actors (the networks of
+  ``recipes/config/ppo_isaaclab.yaml`` and ``genpo_isaaclab.yaml`` for that task).
+
+Training (one worker per trainer): diffrl's PPO and GenPO through the recipes' own
+:func:`~diffrl.training.experiment.run_experiment` (``OnPolicyTrainer``; the rate is its
+``frames_per_second``: frames over collection + update time), and rsl_rl PPO through
+``isaaclab train --rl_library rsl_rl`` (its "Collection time" + "Learning time"), on the same
+task, envs, rollout length and network sizes. The first ``--burn-in`` iterations (or collector
+batches) are excluded. All runs use diffrl's offline stand-in assets.
+
+    python benchmarks/throughput.py                                # Cartpole and Ant, 64 and 256 envs
+    python benchmarks/throughput.py --quick --json throughput.json # Cartpole, 256 envs, a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import format_machine, format_table, machine_description, set_threads, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "recipes" / "config"
+ISAACLAB_CLI = Path(sys.executable).with_name("isaaclab")
+# Hydra overrides that give each recipe the task's rsl_rl reference settings where they differ
+# from the recipe's: rsl_rl's Cartpole networks are [32, 32], its Ant entropy coefficient 0.
+RECIPE_OVERRIDES: dict[tuple[str, str], tuple[str, list[str]]] = {
+    ("ppo", "Isaac-Cartpole"): (
+        "ppo_isaaclab",
+        ["task=cartpole", "algorithm.hidden_sizes=[32,32]", "algorithm.critic_hidden_sizes=[32,32]"],
+    ),
+    ("ppo", "Isaac-Ant"): ("ppo_isaaclab", ["task=ant", "algorithm.loss.entropy_coeff=0"]),
+    ("genpo", "Isaac-Cartpole"): ("genpo_isaaclab", ["task=cartpole"]),
+    # Observation normalization off, as in rsl_rl's Ant reference and the PPO baseline; it is also
+    # unusable on Isaac-Ant for now: TorchRL 0.14.1's VecNormV2 turns its constant observation
+    # features into NaN (its variance E[x²] − E[x]² comes out negative by round-off, then sqrt).
+    ("genpo", "Isaac-Ant"): ("genpo_isaaclab", ["task=ant", "algorithm.trainer.normalize_observations=false"]),
+}
+RSL_RL_ITERATION = re.compile(r"Collection time:\s*([\d.]+)s\s*\n\s*Learning time:\s*([\d.]+)s")
+
+
+def recipe_config(algorithm: str, task: str, num_envs: int, device: str, iterations: int = 1) -> Any:
+    """The recipe's Hydra config for ``algorithm`` on ``task``, sized for ``iterations`` iterations."""
+    from hydra import compose, initialize_config_dir
+
+    from diffrl.training.recipe import register_resolvers
+
+    register_resolvers()
+    config_name, overrides = RECIPE_OVERRIDES[(algorithm, task)]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=[*overrides, f"env.num_envs={num_envs}", f"env.device={device}"])
+    cfg.env.assets = "offline"
+    cfg.collector.total_frames = iterations * num_envs * cfg.collector.steps_per_env
+    cfg.logger.progress = False
+    cfg.checkpoint.every = 10**9
+    return cfg
+
+
+# -- workers (one Isaac Lab env per process) ---------------------------------------------------------
+
+
+def _rate(frames: int, seconds: float) -> dict[str, float]:
+    return {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds}
+
+
+def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in: int) -> list[dict[str, Any]]:
+    """Collection rates on one env: bare Isaac Lab stepping, then the Collector with each policy."""
+    from hydra.utils import instantiate
+    from torchrl.collectors import Collector
+
+    from diffrl.envs.isaaclab import make_isaaclab_env
+    from diffrl.training.experiment import _dims
+
+    env = make_isaaclab_env(task, num_envs, device=device, seed=0, assets="offline")
+    records = []
+    try:
+        steps_per_env = recipe_config("ppo", task, num_envs, device).collector.steps_per_env
+        frames_per_batch = num_envs * steps_per_env
+        gym_env = env.base_env.env
+        action_shape = env.action_spec.shape
+        steps = batches * steps_per_env
+        gym_env.reset()
+        for step in range(burn_in * steps_per_env + steps):
+            if step == burn_in * steps_per_env:
+                start = time.perf_counter()
+            gym_env.step(torch.randn(action_shape, device=device))
+        records.append({"name": "isaaclab_step", **_rate(steps * num_envs, time.perf_counter() - start)})
+
+        obs_dim = env.observation_spec["observation"].shape[-1]
+        action_dim = action_shape[-1]
+        policies: dict[str, Any] = {"random": None}
+        for algorithm, name in (("ppo", "gaussian"), ("genpo", "genpo")):
+            actor_cfg = recipe_config(algorithm, task, num_envs, device).algorithm.actor
+            policies[name] = instantiate(actor_cfg, **_dims(actor_cfg, obs_dim, action_dim)).to(device)
+        for name, policy in policies.items():
+            collector = Collector(
+                env, policy, frames_per_batch=frames_per_batch, total_frames=-1, auto_register_policy_transforms=False
+            )
+            try:
+                iterator = iter(collector)
+                for _ in range(burn_in):
+                    next(iterator)
+                start = time.perf_counter()
+                for _ in range(batches):
+                    next(iterator)
+                records.append({"name": name, **_rate(batches * frames_per_batch, time.perf_counter() - start)})
+            finally:
+                collector.shutdown(close_env=False)
+    finally:
+        env.close()
+    return [{"measurement": "collection", "task": task, "num_envs": num_envs, **record} for record in records]
+
+
+def train_worker(algorithm: str, task: str, num_envs: int, device: str, iterations: int, burn_in: int) -> dict:
+    """diffrl's recipe for ``iterations`` iterations; the rate over the iterations after ``burn_in``."""
+    from diffrl.training.experiment import run_experiment
+
+    cfg = recipe_config(algorithm, task, num_envs, device, iterations=iterations)
+    with tempfile.TemporaryDirectory() as run_dir:
+        history = run_experiment(cfg, run_dir).history[burn_in:]
+    frames = num_envs * cfg.collector.steps_per_env * len(history)
+    collection = sum(metrics["collection_time"] for metrics in history)
+    update = sum(metrics["update_time"] for metrics in history)
+    return {
+        "measurement": "training",
+        "task": task,
+        "num_envs": num_envs,
+        "name": f"diffrl_{algorithm}",
+        **_rate(frames, collection + update),
+        "collection_s_per_iteration": collection / len(history),
+        "update_s_per_iteration": update / len(history),
+    }
+
+
+# -- the parent: workers and rsl_rl in subprocesses ------------------------------------------------
+
+
+def attempt(measure: Callable[[], Any], label: str) -> list[dict[str, Any]]:
+    """A measurement's records, or none (reported) if it failed: one failure must not lose the others."""
+    try:
+        result = measure()
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        print(f"FAILED: {label}: {error}", file=sys.stderr, flush=True)
+        return []
+    print(f"measured: {label}", flush=True)
+    return result if isinstance(result, list) else [result]
+
+
+def run_worker(arguments: list[str], timeout: float) -> Any:
+    with tempfile.TemporaryDirectory() as tmp:
+        output = Path(tmp) / "records.json"
+        command = [sys.executable, __file__, "--worker-output", str(output), *arguments]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        if result.returncode != 0:
+            raise RuntimeError(f"worker {' '.join(arguments)} failed:\n{result.stderr[-3000:]}")
+        return json.loads(output.read_text())
+
+
+def rsl_rl_training(task: str, num_envs: int, device: str, iterations: int, burn_in: int, timeout: float) -> dict:
+    """rsl_rl PPO via ``isaaclab train``, on diffrl's offline assets; rate from its per-iteration timings."""
+    from diffrl.envs.offline_assets import build_offline_assets
+
+    environment = {**os.environ, "ISAACSIM_ASSET_ROOT": str(build_offline_assets())}
+    environment.setdefault("WARP_CACHE_PATH", str(Path("~/.cache/diffrl/warp").expanduser()))
+    command = [
+        str(ISAACLAB_CLI),
+        "train",
+        "--rl_library",
+        "rsl_rl",
+        "--task",
+        task,
+        "--num_envs",
+        str(num_envs),
+        "--device",
+        device,
+        "--viz",
+        "none",
+        f"agent.device={device}",
+        f"agent.max_iterations={iterations}",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:  # rsl_rl writes its logs under the working directory
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=tmp, env=environment)
+    timings = [(float(collection), float(learning)) for collection, learning in RSL_RL_ITERATION.findall(result.stdout)]
+    if result.returncode != 0 or len(timings) <= burn_in:
+        raise RuntimeError(f"rsl_rl run failed ({result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
+    timings = timings[burn_in:]
+    steps_per_env = recipe_config("ppo", task, num_envs, device).collector.steps_per_env
+    collection = sum(c for c, _ in timings)
+    update = sum(u for _, u in timings)
+    return {
+        "measurement": "training",
+        "task": task,
+        "num_envs": num_envs,
+        "name": "rsl_rl_ppo",
+        **_rate(num_envs * steps_per_env * len(timings), collection + update),
+        "collection_s_per_iteration": collection / len(timings),
+        "update_s_per_iteration": update / len(timings),
+    }
+
+
+def collection_table(records: Sequence[dict[str, Any]]) -> str:
+    raw = {(r["task"], r["num_envs"]): r["frames_per_s"] for r in records if r["name"] == "isaaclab_step"}
+    rows = [
+        (
+            r["task"],
+            r["num_envs"],
+            r["name"],
+            f"{r['frames_per_s']:.0f}",
+            f"{r['frames_per_s'] / raw[(r['task'], r['num_envs'])]:.2f}",
+        )
+        for r in records
+    ]
+    return format_table(rows, ("task", "envs", "policy", "frames/s", "× isaaclab_step"))
+
+
+def training_table(records: Sequence[dict[str, Any]]) -> str:
+    reference = {(r["task"], r["num_envs"]): r["frames_per_s"] for r in records if r["name"] == "rsl_rl_ppo"}
+    rows = []
+    for r in records:
+        ratio = reference.get((r["task"], r["num_envs"]))
+        rows.append(
+            (
+                r["task"],
+                r["num_envs"],
+                r["name"],
+                f"{r['frames_per_s']:.0f}",
+                f"{r['frames_per_s'] / ratio:.2f}" if ratio else "n/a",
+                f"{r['collection_s_per_iteration']:.2f}",
+                f"{r['update_s_per_iteration']:.2f}",
+            )
+        )
+    return format_table(rows, ("task", "envs", "trainer", "frames/s", "× rsl_rl", "collect s/iter", "update s/iter"))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="Isaac-Cartpole at 256 envs, fewer iterations")
+    parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
+    parser.add_argument("--tasks", nargs="+", choices=["Isaac-Cartpole", "Isaac-Ant"], help="default: both")
+    parser.add_argument("--num-envs", type=int, nargs="+", help="collection env counts (default 64 256)")
+    parser.add_argument("--train-envs", type=int, default=256, help="env count of the training comparison")
+    parser.add_argument("--batches", type=int, help="timed collector batches per policy (default 8, --quick 3)")
+    parser.add_argument("--iterations", type=int, help="training iterations incl. burn-in (default 10, --quick 6)")
+    parser.add_argument("--burn-in", type=int, default=2, help="excluded first batches / iterations")
+    parser.add_argument("--skip-training", action="store_true", help="collection rates only")
+    parser.add_argument("--device", default="cpu", help="simulation and policy device")
+    parser.add_argument("--threads", type=int, help="torch/OpenMP threads for every run (default: torch's choice)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per worker process")
+    parser.add_argument("--worker", choices=["collect", "train"], help=argparse.SUPPRESS)
+    parser.add_argument("--algorithm", choices=["ppo", "genpo"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker-output", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    tasks = args.tasks or (["Isaac-Cartpole"] if args.quick else ["Isaac-Cartpole", "Isaac-Ant"])
+    num_envs = args.num_envs or ([256] if args.quick else [64, 256])
+    batches = args.batches or (3 if args.quick else 8)
+    iterations = args.iterations or (6 if args.quick else 10)
+    if args.worker is not None:
+        task, envs = tasks[0], num_envs[0]
+        if args.worker == "collect":
+            result: Any = collect_worker(task, envs, args.device, batches, args.burn_in)
+        else:
+            result = train_worker(args.algorithm, task, envs, args.device, iterations, args.burn_in)
+        Path(args.worker_output).write_text(json.dumps(result))
+        return result if isinstance(result, list) else [result]
+
+    machine = machine_description(torch.device(args.device))
+    print(format_machine(machine), flush=True)
+    common = ["--device", args.device, "--burn-in", str(args.burn_in)]
+    common += ["--threads", str(args.threads)] if args.threads is not None else []
+    collection: list[dict[str, Any]] = []
+    training: list[dict[str, Any]] = []
+    for task in tasks:
+        for envs in num_envs:
+            arguments = ["--worker", "collect", "--tasks", task, "--num-envs", str(envs), "--batches", str(batches)]
+            collection += attempt(
+                lambda arguments=arguments: run_worker([*arguments, *common], args.timeout),
+                f"collection, {task}, {envs} envs",
+            )
+        if args.skip_training:
+            continue
+        for algorithm in ("ppo", "genpo"):
+            arguments = ["--worker", "train", "--algorithm", algorithm, "--tasks", task]
+            arguments += ["--num-envs", str(args.train_envs), "--iterations", str(iterations)]
+            training += attempt(
+                lambda arguments=arguments: run_worker([*arguments, *common], args.timeout),
+                f"training, diffrl {algorithm}, {task}",
+            )
+        training += attempt(
+            lambda task=task: rsl_rl_training(
+                task, args.train_envs, args.device, iterations, args.burn_in, args.timeout
+            ),
+            f"training, rsl_rl ppo, {task}",
+        )
+    if collection:
+        print(collection_table(collection))
+    if training:
+        print(training_table(training))
+    records = collection + training
+    for record in records:
+        record["device"] = args.device
+    if args.json:
+        write_json(args.json, machine, records)
+    return records
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Running observation normalization that survives constant features."""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.envs import VecNormV2
+
+
+class ObservationNormalizer(VecNormV2):
+    """TorchRL's ``VecNormV2`` with its variance kept non-negative.
+
+    ``VecNormV2`` tracks E[x] and E[x²] and normalizes with sqrt(E[x²] − E[x]²). For a feature
+    that is constant (Isaac-Ant has 52 of 60 observations identical across envs at reset)
+    float round-off makes that difference slightly negative, the square root NaN, and every
+    observation of the batch NaN. Here E[x²] is raised to at least E[x]² before the parent's
+    formula, so a constant feature normalizes to 0, and the scale floor ``eps`` defaults to
+    1e-2 (rsl_rl's) so near-constant features are not amplified by 10⁴.
+
+    Example:
+        >>> from torchrl.envs import TransformedEnv
+        >>> from diffrl.envs.gym import make_gym_env
+        >>> normalizer = ObservationNormalizer(in_keys=["observation"], decay=1.0, reduce_batch_dims=True)
+        >>> env = TransformedEnv(make_gym_env("HalfCheetah-v5", num_envs=2), normalizer)
+        >>> bool(env.rollout(5)["next", "observation"].isfinite().all())
+        True
+    """
+
+    def __init__(self, *args, eps: float = 1e-2, **kwargs) -> None:
+        super().__init__(*args, eps=eps, **kwargs)
+
+    def _norm(self, data: TensorDictBase, loc: TensorDictBase, var: TensorDictBase, count: TensorDictBase):
+        second_moment = var.apply(lambda moment, mean: torch.maximum(moment, mean.pow(2)), loc)
+        return super()._norm(data, loc, second_moment, count)
