@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
-from torchrl.envs.utils import ExplorationType, exploration_type
+from torchrl.envs.utils import exploration_type
 
+from diffrl.modules.generative_policy import DETERMINISTIC_EXPLORATION, GenerativePolicy
 from diffrl.modules.genpo_distribution import GenPODistribution
 from diffrl.modules.genpo_flow import GenPOFlow
 
-_DETERMINISTIC_TYPES = (ExplorationType.DETERMINISTIC, ExplorationType.MODE, ExplorationType.MEAN)
 
-
-class GenPOActor(TensorDictModuleBase):
+class GenPOActor(GenerativePolicy):
     """Samples GenPO's doubled action and writes the action, the latent and its exact log-likelihood.
 
     Reads ``observation_key`` [*B, o] and writes
@@ -59,35 +57,14 @@ class GenPOActor(TensorDictModuleBase):
         log_prob_key: NestedKey = "action_log_prob",
         check_finite: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            observation_key=observation_key, sample_key=latent_key, log_prob_key=log_prob_key, check_finite=check_finite
+        )
         self.flow = flow
-        self.observation_key = observation_key
         self.action_key = action_key
         self.latent_key = latent_key
-        self.log_prob_key = log_prob_key
-        self.check_finite = check_finite
         self.in_keys = [observation_key]
         self.out_keys = [action_key, latent_key, log_prob_key]
-
-    @property
-    def log_prob_keys(self) -> list[NestedKey]:
-        # TorchRL's PPO losses read these two to set their sample_log_prob and action keys.
-        return [self.log_prob_key]
-
-    @property
-    def dist_sample_keys(self) -> list[NestedKey]:
-        return [self.latent_key]
-
-    def _observation(self, tensordict: TensorDictBase) -> torch.Tensor:
-        observation = tensordict.get(self.observation_key)
-        if self.check_finite:
-            bad = ~torch.isfinite(observation).all(-1)
-            if bad.any():
-                raise ValueError(
-                    f"non-finite observation under {self.observation_key!r} for {int(bad.sum())} of "
-                    f"{bad.numel()} batch entries (first at index {bad.nonzero()[0].tolist()})"
-                )
-        return observation
 
     def get_dist(self, tensordict: TensorDictBase) -> GenPODistribution:
         """The policy's distribution over latent actions at the tensordict's observations."""
@@ -97,7 +74,7 @@ class GenPOActor(TensorDictModuleBase):
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         observation = self._observation(tensordict)
         noise_shape = (*observation.shape[:-1], 2 * self.flow.action_dim)
-        if exploration_type() in _DETERMINISTIC_TYPES:
+        if exploration_type() in DETERMINISTIC_EXPLORATION:
             noise = observation.new_zeros(noise_shape)
         else:
             noise = torch.randn(noise_shape, dtype=observation.dtype, device=observation.device)

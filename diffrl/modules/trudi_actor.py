@@ -10,19 +10,17 @@ from collections.abc import Sequence
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
-from torchrl.envs.utils import ExplorationType, exploration_type
+from torchrl.envs.utils import exploration_type
 
 from diffrl.modules.denoising_chain import DenoisingChain, Parameterization
+from diffrl.modules.generative_policy import DETERMINISTIC_EXPLORATION, GenerativePolicy
 from diffrl.modules.noise_schedule import ScheduleKind
 from diffrl.modules.trudi_distribution import TruDiDistribution
 from diffrl.modules.velocity_net import Activation
 
-_DETERMINISTIC_TYPES = (ExplorationType.DETERMINISTIC, ExplorationType.MODE, ExplorationType.MEAN)
 
-
-class TruDiActor(TensorDictModuleBase):
+class TruDiActor(GenerativePolicy):
     """Samples a K-step Gaussian denoising chain and writes the action, the chain and its likelihood.
 
     Reads ``observation_key`` [*B, o] and writes
@@ -85,7 +83,9 @@ class TruDiActor(TensorDictModuleBase):
         log_prob_key: NestedKey = "action_log_prob",
         check_finite: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            observation_key=observation_key, sample_key=chain_key, log_prob_key=log_prob_key, check_finite=check_finite
+        )
         self.chain = DenoisingChain(
             action_dim,
             obs_dim,
@@ -100,10 +100,8 @@ class TruDiActor(TensorDictModuleBase):
             ddim_eta=ddim_eta,
             denoised_clip=denoised_clip,
         )
-        self.observation_key = observation_key
-        self.action_key, self.chain_key, self.log_prob_key = action_key, chain_key, log_prob_key
+        self.action_key, self.chain_key = action_key, chain_key
         self.means_key, self.stds_key = means_key, stds_key
-        self.check_finite = check_finite
         self.squash = squash
         self.in_keys = [observation_key]
         self.out_keys = [action_key, chain_key, means_key, stds_key, log_prob_key]
@@ -116,26 +114,6 @@ class TruDiActor(TensorDictModuleBase):
     def learn_std(self) -> bool:
         return self.chain.learn_std
 
-    @property
-    def log_prob_keys(self) -> list[NestedKey]:
-        # TorchRL's PPO losses read these two to set their sample_log_prob and action keys.
-        return [self.log_prob_key]
-
-    @property
-    def dist_sample_keys(self) -> list[NestedKey]:
-        return [self.chain_key]
-
-    def _observation(self, tensordict: TensorDictBase) -> torch.Tensor:
-        observation = tensordict.get(self.observation_key)
-        if self.check_finite:
-            bad = ~torch.isfinite(observation).all(-1)
-            if bad.any():
-                raise ValueError(
-                    f"non-finite observation under {self.observation_key!r} for {int(bad.sum())} of "
-                    f"{bad.numel()} batch entries (first at index {bad.nonzero()[0].tolist()})"
-                )
-        return observation
-
     def get_dist(self, tensordict: TensorDictBase) -> TruDiDistribution:
         """The policy's distribution over denoising chains at the tensordict's observations."""
         return TruDiDistribution(self.chain, self._observation(tensordict))
@@ -143,7 +121,7 @@ class TruDiActor(TensorDictModuleBase):
     @torch.no_grad()
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         observation = self._observation(tensordict)
-        sample = self.chain.sample(observation, deterministic=exploration_type() in _DETERMINISTIC_TYPES)
+        sample = self.chain.sample(observation, deterministic=exploration_type() in DETERMINISTIC_EXPLORATION)
         final = sample.chain[..., -1, :]
         # tanh makes a new tensor; otherwise a copy, not a view: an env transform editing the
         # action in place must not alter the chain.

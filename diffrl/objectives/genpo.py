@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
-from torchrl.objectives import ClipPPOLoss
 
 from diffrl.modules.genpo_actor import GenPOActor
 from diffrl.objectives.estimators import effective_sample_size, entropy_estimate, kl_k1, kl_k3
+from diffrl.objectives.exact_ratio_ppo import ExactRatioPPOLoss
 from diffrl.objectives.numerics import require_bounded_log_ratio
 
 
-class GenPOLoss(ClipPPOLoss):
+class GenPOLoss(ExactRatioPPOLoss):
     r"""Clipped PPO on GenPO's exact flow likelihood, with the compression loss.
 
     The importance ratio is exact: π_θ(ã|s)/π_old(ã|s) with log π_θ from one inversion of
@@ -98,29 +98,14 @@ class GenPOLoss(ClipPPOLoss):
         self.register_coeff_buffer("compression_coeff", compression_coeff, device=None)
         self.max_abs_log_ratio = max_abs_log_ratio
 
-    @property
-    def out_keys(self) -> list[str]:
+    def _policy_out_keys(self) -> list[str]:
         keys = ["loss_objective", "loss_compression", "kl_approx", "kl_k3", "clip_fraction", "ESS", "max_ratio"]
         keys += ["entropy", "compression_distance"]
-        if float(self.entropy_coeff) > 0:
-            keys.append("loss_entropy")
-        if self._has_critic:
-            keys += ["loss_critic", "explained_variance"]
-            if self.clip_value is not None:
-                keys.append("value_clip_fraction")
         return keys
-
-    @out_keys.setter
-    def out_keys(self, values: list[str]) -> None:
-        self._out_keys = values
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         tensordict = tensordict.clone(False)
-        advantage = tensordict.get(self.tensor_keys.advantage, None)
-        if advantage is None:
-            self.value_estimator(tensordict)
-            advantage = tensordict.get(self.tensor_keys.advantage)
-        advantage = self._maybe_normalize_advantage(advantage, tensordict, update_norm=True)
+        advantage = self._advantage(tensordict)
 
         # log_weight = log π_θ − log π_old, [*B, 1]: one inversion of the flow.
         log_weight, dist, _, _ = self._log_weight(tensordict, adv_shape=advantage.shape[:-1])
@@ -155,12 +140,4 @@ class GenPOLoss(ClipPPOLoss):
                 "compression_distance": compression_distance.detach(),
             }
         )
-        if float(self.entropy_coeff) > 0:
-            out["loss_entropy"] = -self.entropy_coeff * entropy
-        if self._has_critic:
-            loss_critic, value_clip_fraction, explained_variance = self.loss_critic(tensordict)
-            out["loss_critic"] = loss_critic.mean()
-            out["explained_variance"] = explained_variance.mean()
-            if value_clip_fraction is not None:
-                out["value_clip_fraction"] = value_clip_fraction
-        return out
+        return self._add_entropy_and_critic(out, entropy, tensordict)

@@ -12,16 +12,16 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 from tensordict.utils import NestedKey
-from torchrl.objectives import ClipPPOLoss
 
 from diffrl.modules.denoising_chain import gaussian_chain_log_prob
 from diffrl.modules.trudi_actor import TruDiActor
 from diffrl.objectives.estimators import effective_sample_size, kl_k1, kl_k3
+from diffrl.objectives.exact_ratio_ppo import ExactRatioPPOLoss
 from diffrl.objectives.numerics import require_bounded_log_ratio, require_finite
 from diffrl.objectives.trust_region import diagonal_gaussian_kl, project_gaussian, project_mean
 
 
-class TruDiLoss(ClipPPOLoss):
+class TruDiLoss(ExactRatioPPOLoss):
     r"""PPO with the exact chain likelihood of a *projected* denoising policy, plus a trust-region regression.
 
     Per state s, the network's K step Gaussians π_θ,k = N(μ_θ(x_k, k, s), σ_k²) — evaluated at the
@@ -92,7 +92,7 @@ class TruDiLoss(ClipPPOLoss):
     """
 
     @dataclass
-    class _AcceptedKeys(ClipPPOLoss._AcceptedKeys):
+    class _AcceptedKeys(ExactRatioPPOLoss._AcceptedKeys):
         """Adds the rollout policy's per-step Gaussians, [*B, K, d] each, to PPO's keys."""
 
         denoising_means: NestedKey = "denoising_means"
@@ -147,22 +147,11 @@ class TruDiLoss(ClipPPOLoss):
             {*self._in_keys, self.tensor_keys.denoising_means, self.tensor_keys.denoising_stds}, key=str
         )
 
-    @property
-    def out_keys(self) -> list[str]:
+    def _policy_out_keys(self) -> list[str]:
         keys = ["loss_objective", "loss_trust_region", "kl_approx", "kl_k3", "chain_kl", "chain_kl_projected"]
         keys += [f"step_kl_{k}" for k in range(1, self.actor_network.num_steps + 1)]
         keys += ["projected_fraction", "clip_fraction", "ESS", "max_ratio", "entropy", "denoised_clip_fraction"]
-        if float(self.entropy_coeff) > 0:
-            keys.append("loss_entropy")
-        if self._has_critic:
-            keys += ["loss_critic", "explained_variance"]
-            if self.clip_value is not None:
-                keys.append("value_clip_fraction")
         return keys
-
-    @out_keys.setter
-    def out_keys(self, values: list[str]) -> None:
-        self._out_keys = values
 
     def project(
         self, mean: torch.Tensor, std: torch.Tensor, old_mean: torch.Tensor, old_std: torch.Tensor
@@ -175,11 +164,7 @@ class TruDiLoss(ClipPPOLoss):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         tensordict = tensordict.clone(False)
-        advantage = tensordict.get(self.tensor_keys.advantage, None)
-        if advantage is None:
-            self.value_estimator(tensordict)
-            advantage = tensordict.get(self.tensor_keys.advantage)
-        advantage = self._maybe_normalize_advantage(advantage, tensordict, update_norm=True)
+        advantage = self._advantage(tensordict)
 
         chain_key = self.tensor_keys.action
         chain = tensordict.get(chain_key)
@@ -243,12 +228,4 @@ class TruDiLoss(ClipPPOLoss):
         per_step = step_kl.reshape(-1, step_kl.shape[-1]).mean(0)
         for row, value in enumerate(per_step):  # row i is the denoising step k = K − i
             out[f"step_kl_{self.actor_network.num_steps - row}"] = value
-        if float(self.entropy_coeff) > 0:
-            out["loss_entropy"] = -self.entropy_coeff * entropy
-        if self._has_critic:
-            loss_critic, value_clip_fraction, explained_variance = self.loss_critic(tensordict)
-            out["loss_critic"] = loss_critic.mean()
-            out["explained_variance"] = explained_variance.mean()
-            if value_clip_fraction is not None:
-                out["value_clip_fraction"] = value_clip_fraction
-        return out
+        return self._add_entropy_and_critic(out, entropy, tensordict)
