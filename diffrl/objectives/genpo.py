@@ -8,7 +8,6 @@ from tensordict.nn import TensorDictModule
 from diffrl.modules.genpo_actor import GenPOActor
 from diffrl.objectives.estimators import effective_sample_size, entropy_estimate, kl_k1, kl_k3
 from diffrl.objectives.exact_ratio_ppo import ExactRatioPPOLoss
-from diffrl.objectives.numerics import require_bounded_log_ratio
 
 
 class GenPOLoss(ExactRatioPPOLoss):
@@ -47,8 +46,10 @@ class GenPOLoss(ExactRatioPPOLoss):
         entropy_coeff: c_H (GenPO: 0).
         normalize_advantage: standardize advantages per minibatch (the training loop
             normalizes over the whole rollout instead, as rsl_rl does).
-        max_abs_log_ratio: a log-ratio above this in magnitude is a numerical failure
-            (raised, with context), not something to clamp silently.
+        max_abs_log_ratio, max_outlier_fraction: a sample whose |log-ratio| exceeds the first is
+            left out of the surrogate and counted in ``ratio_outlier_fraction``; more such samples
+            than the second fraction, or a non-finite log-ratio, raise a ``NumericalError``
+            (see :class:`~diffrl.objectives.exact_ratio_ppo.ExactRatioPPOLoss`).
 
     Example:
         >>> import torch
@@ -79,7 +80,8 @@ class GenPOLoss(ExactRatioPPOLoss):
         compression_coeff: float = 0.01,
         entropy_coeff: float = 0.0,
         normalize_advantage: bool = False,
-        max_abs_log_ratio: float = 50.0,
+        max_abs_log_ratio: float = 20.0,
+        max_outlier_fraction: float = 0.05,
     ) -> None:
         if compression_coeff < 0 or entropy_coeff < 0:
             raise ValueError(f"coefficients must be >= 0, got {compression_coeff=}, {entropy_coeff=}")
@@ -97,9 +99,11 @@ class GenPOLoss(ExactRatioPPOLoss):
         )
         self.register_coeff_buffer("compression_coeff", compression_coeff, device=None)
         self.max_abs_log_ratio = max_abs_log_ratio
+        self.max_outlier_fraction = max_outlier_fraction
 
     def _policy_out_keys(self) -> list[str]:
         keys = ["loss_objective", "loss_compression", "kl_approx", "kl_k3", "clip_fraction", "ESS", "max_ratio"]
+        keys.append("ratio_outlier_fraction")
         keys += ["entropy", "compression_distance"]
         return keys
 
@@ -109,18 +113,10 @@ class GenPOLoss(ExactRatioPPOLoss):
 
         # log_weight = log π_θ − log π_old, [*B, 1]: one inversion of the flow.
         log_weight, dist, _, _ = self._log_weight(tensordict, adv_shape=advantage.shape[:-1])
-        require_bounded_log_ratio(
-            log_weight,
-            self.max_abs_log_ratio,
-            "GenPO log-ratio log π_θ − log π_old",
-            tensordict,
-            self.tensor_keys.action,
-            hint="the policy moved far from the one that collected the data (a learning-rate or KL blow-up); "
-            "lower the learning rate or the target KL",
+        surrogate, clip_fraction, outlier, outlier_fraction = self._surrogate(
+            log_weight, advantage, tensordict, "GenPO log-ratio log π_θ − log π_old"
         )
-        clipped_log_weight = log_weight.clamp(*self._clip_bounds)
-        surrogate = (log_weight.exp() * advantage).minimum(clipped_log_weight.exp() * advantage)
-        log_ratio = log_weight.detach().squeeze(-1)
+        log_ratio = log_weight.detach()[~outlier]  # the KL and ESS estimates of the samples in use
 
         latent, fresh_log_prob = dist.rsample_and_log_prob()
         x, y = latent.chunk(2, dim=-1)
@@ -133,7 +129,8 @@ class GenPOLoss(ExactRatioPPOLoss):
                 "loss_compression": self.compression_coeff * compression_distance,
                 "kl_approx": kl_k1(log_ratio),
                 "kl_k3": kl_k3(log_ratio),
-                "clip_fraction": (clipped_log_weight != log_weight).float().mean(),
+                "clip_fraction": clip_fraction,
+                "ratio_outlier_fraction": outlier_fraction,
                 "ESS": effective_sample_size(log_ratio),
                 "max_ratio": log_ratio.max().exp(),
                 "entropy": entropy.detach(),

@@ -31,25 +31,3 @@ def require_finite(value: torch.Tensor, what: str, tensordict: TensorDictBase, s
         f"{what} is not finite for {int(flat_bad.sum())} of {flat_bad.numel()} samples; first at index {first} "
         f"(stored sample {sample_key!r}); that sample's inputs: " + ", ".join(context)
     )
-
-
-def require_bounded_log_ratio(
-    log_ratio: torch.Tensor,
-    max_abs_log_ratio: float,
-    what: str,
-    tensordict: TensorDictBase,
-    sample_key: NestedKey,
-    hint: str,
-) -> None:
-    """Raise :class:`NumericalError` on a non-finite log-ratio or one beyond ``max_abs_log_ratio``.
-
-    A PPO-family loss never clamps such a ratio: it means the policy moved far from the one
-    that collected the data, or the stored data do not belong to the policy; ``hint`` says which
-    remedy applies to the loss at hand.
-    """
-    require_finite(log_ratio, what, tensordict, sample_key)
-    worst = float(log_ratio.detach().abs().max())
-    if worst > max_abs_log_ratio:
-        raise NumericalError(
-            f"{what} reached |log-ratio| = {worst:.3g} > max_abs_log_ratio={max_abs_log_ratio}: {hint}"
-        )

@@ -17,7 +17,7 @@ from diffrl.modules.denoising_chain import gaussian_chain_log_prob
 from diffrl.modules.trudi_actor import TruDiActor
 from diffrl.objectives.estimators import effective_sample_size, kl_k1, kl_k3
 from diffrl.objectives.exact_ratio_ppo import ExactRatioPPOLoss
-from diffrl.objectives.numerics import require_bounded_log_ratio, require_finite
+from diffrl.objectives.numerics import require_finite
 from diffrl.objectives.trust_region import diagonal_gaussian_kl, project_gaussian, project_mean
 
 
@@ -72,8 +72,10 @@ class TruDiLoss(ExactRatioPPOLoss):
         entropy_coeff: c_H on the exact chain entropy (it has a gradient only with a learned std).
         normalize_advantage: standardize advantages per minibatch (the training loop
             normalizes over the whole rollout instead).
-        max_abs_log_ratio: a log-ratio above this in magnitude is a numerical failure
-            (raised, with context), not something to clamp silently.
+        max_abs_log_ratio, max_outlier_fraction: a sample whose |log-ratio| exceeds the first is
+            left out of the surrogate and counted in ``ratio_outlier_fraction``; more such samples
+            than the second fraction, or a non-finite log-ratio, raise a ``NumericalError``
+            (see :class:`~diffrl.objectives.exact_ratio_ppo.ExactRatioPPOLoss`).
         projection_iterations: bisection steps of the learned-std projection.
 
     Example:
@@ -114,7 +116,8 @@ class TruDiLoss(ExactRatioPPOLoss):
         loss_critic_type: str = "l2",
         entropy_coeff: float = 0.0,
         normalize_advantage: bool = False,
-        max_abs_log_ratio: float = 50.0,
+        max_abs_log_ratio: float = 20.0,
+        max_outlier_fraction: float = 0.05,
         projection_iterations: int = 64,
     ) -> None:
         if trust_region_kl <= 0:
@@ -138,6 +141,7 @@ class TruDiLoss(ExactRatioPPOLoss):
         self.trust_region_kl = trust_region_kl
         self.register_coeff_buffer("regression_coeff", regression_coeff, device=None)
         self.max_abs_log_ratio = max_abs_log_ratio
+        self.max_outlier_fraction = max_outlier_fraction
         self.projection_iterations = projection_iterations
         self.set_keys(denoising_means=actor_network.means_key, denoising_stds=actor_network.stds_key)
 
@@ -150,7 +154,8 @@ class TruDiLoss(ExactRatioPPOLoss):
     def _policy_out_keys(self) -> list[str]:
         keys = ["loss_objective", "loss_trust_region", "kl_approx", "kl_k3", "chain_kl", "chain_kl_projected"]
         keys += [f"step_kl_{k}" for k in range(1, self.actor_network.num_steps + 1)]
-        keys += ["projected_fraction", "clip_fraction", "ESS", "max_ratio", "entropy", "denoised_clip_fraction"]
+        keys += ["projected_fraction", "clip_fraction", "ratio_outlier_fraction", "ESS", "max_ratio", "entropy"]
+        keys.append("denoised_clip_fraction")
         return keys
 
     def project(
@@ -183,24 +188,10 @@ class TruDiLoss(ExactRatioPPOLoss):
 
         # log_weight = log p̃ − log p_old of the stored chain, [*B, 1].
         log_weight = (gaussian_chain_log_prob(chain, projected_mean, projected_std) - old_log_prob).unsqueeze(-1)
-        require_bounded_log_ratio(
-            log_weight,
-            self.max_abs_log_ratio,
-            "TruDi log-ratio log p̃ − log p_old",
-            tensordict,
-            self.tensor_keys.action,
-            hint="the stored log-probs do not match the stored chains and means, or the inputs diverged "
-            "(the projection bounds the policy's own move)",
+        surrogate, clip_fraction, outlier, outlier_fraction = self._surrogate(
+            log_weight, advantage, tensordict, "TruDi log-ratio log p̃ − log p_old", clip=self.clip_ratio
         )
-        ratio = log_weight.exp()
-        if self.clip_ratio:
-            clipped_log_weight = log_weight.clamp(*self._clip_bounds)
-            surrogate = (ratio * advantage).minimum(clipped_log_weight.exp() * advantage)
-            clip_fraction = (clipped_log_weight != log_weight).float().mean()
-        else:
-            surrogate = ratio * advantage
-            clip_fraction = torch.zeros((), device=log_weight.device)
-        log_ratio = log_weight.detach().squeeze(-1)
+        log_ratio = log_weight.detach()[~outlier]  # the KL and ESS estimates of the samples in use
 
         regression_kl = diagonal_gaussian_kl(mean, std, projected_mean.detach(), projected_std.detach()).sum(-1)
         with torch.no_grad():
@@ -219,6 +210,7 @@ class TruDiLoss(ExactRatioPPOLoss):
                 "chain_kl_projected": projected_kl.mean(),
                 "projected_fraction": (chain_kl > self.trust_region_kl).float().mean(),
                 "clip_fraction": clip_fraction,
+                "ratio_outlier_fraction": outlier_fraction,
                 "ESS": effective_sample_size(log_ratio),
                 "max_ratio": log_ratio.max().exp(),
                 "entropy": entropy.detach(),

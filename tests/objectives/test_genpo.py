@@ -179,3 +179,19 @@ def test_negative_coefficients_are_rejected():
     actor, critic, _ = build()
     with pytest.raises(ValueError, match="coefficients"):
         GenPOLoss(actor, critic, compression_coeff=-1.0)
+
+
+def test_a_single_far_outlier_is_left_out_of_the_surrogate_and_counted():
+    """A converged flow can move one stored sample's log-likelihood by tens of nats: with a
+    negative advantage PPO's unclipped term would explode; it is dropped (zero gradient) and counted."""
+    actor, _, loss = build(max_abs_log_ratio=20.0, max_outlier_fraction=0.05)
+    batch = rollout_batch(actor)
+    batch["advantage"] = -torch.ones(BATCH, 1, dtype=torch.float64)
+    batch["action_log_prob"][5] = batch["action_log_prob"][5] - 89.0  # ratio e^89 on sample 5
+    out = loss(batch)
+    assert abs(out["ratio_outlier_fraction"].item() - 1 / BATCH) < 1e-12
+    # the other samples have ratio 1: each contributes −A = 1, the outlier 0
+    torch.testing.assert_close(out["loss_objective"], torch.tensor((BATCH - 1) / BATCH, dtype=torch.float64))
+    assert abs(out["kl_approx"].item()) < 1e-12  # the estimates use the samples in the surrogate
+    out["loss_objective"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in actor.parameters() if p.grad is not None)
