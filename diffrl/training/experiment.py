@@ -102,6 +102,13 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
     torch.manual_seed(cfg.seed)
 
     env = make_env(cfg.env, cfg.seed)
+    try:  # a bad checkpoint or module config must not leave the (process-wide) simulation open
+        return _train(cfg, env, run_dir, resume, run_info)
+    finally:
+        env.close()
+
+
+def _train(cfg: DictConfig, env: EnvBase, run_dir: Path, resume: Path | None, run_info: dict[str, str]) -> RunResult:
     observation_key = cfg.env.observation_key
     obs_dim = env.observation_spec[observation_key].shape[-1]
     action_dim = env.action_spec.shape[-1]
@@ -157,7 +164,6 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
-        env.close()
 
     final_checkpoint = trainer.checkpoints.latest() if trainer.checkpoints is not None else None
     curve = plot_learning_curve(
