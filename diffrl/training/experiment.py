@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import EnvBase
 
+from diffrl.training.distributed import DistributedContext, broadcast_object, init_distributed
 from diffrl.training.learning_curve import plot_learning_curve
 from diffrl.training.on_policy import OnPolicyTrainer
 from diffrl.training.tracking import MLflowTracker, default_tracking_uri
@@ -43,23 +44,22 @@ def run_dir_of_checkpoint(checkpoint: str | Path) -> Path:
     return Path(checkpoint).resolve().parent.parent
 
 
-def make_env(env_cfg: DictConfig, seed: int) -> EnvBase:
-    """The TorchRL env a config names: Isaac Lab (Newton) or gymnasium MuJoCo."""
+def make_env(env_cfg: DictConfig, seed: int, device: str | None = None) -> EnvBase:
+    """The TorchRL env a config names: Isaac Lab (Newton) or gymnasium MuJoCo (``device`` overrides the config's)."""
     if env_cfg.num_envs < 1:
         raise ValueError(f"env.num_envs must be >= 1, got {env_cfg.num_envs}")
+    device = device or env_cfg.device
     if env_cfg.backend == "isaaclab":
         from diffrl.envs.isaaclab import make_isaaclab_env
 
-        return make_isaaclab_env(
-            env_cfg.task, env_cfg.num_envs, device=env_cfg.device, seed=seed, assets=env_cfg.assets
-        )
+        return make_isaaclab_env(env_cfg.task, env_cfg.num_envs, device=device, seed=seed, assets=env_cfg.assets)
     if env_cfg.backend == "mujoco":
         from diffrl.envs.gym import make_gym_env
 
         return make_gym_env(
             env_cfg.task,
             env_cfg.num_envs,
-            device=env_cfg.device,
+            device=device,
             seed=seed,
             max_episode_steps=env_cfg.max_episode_steps,
         )
@@ -86,9 +86,14 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
     statistics, counters and RNG state are restored and the same MLflow run continues.
     SIGTERM is treated like Ctrl-C: the last completed iteration is checkpointed and the
     MLflow run is closed as ``KILLED``.
+
+    Under ``torchrun`` every rank runs this function: rank r steps ``env.num_envs`` envs of
+    its own seeded ``seed + r`` (on ``cuda:<local rank>`` for a CUDA device); rank 0's run
+    directory is used, and only rank 0 writes files and tracks to MLflow.
     """
-    run_dir = Path(run_dir)
     _check_device(cfg.env.device)
+    context = init_distributed(cfg.env.device)
+    run_dir = Path(broadcast_object(str(run_dir)) if context.is_distributed else run_dir)
     resume = Path(cfg.resume) if cfg.resume else None
     run_info: dict[str, str] = {}
     if resume is not None:
@@ -98,24 +103,32 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
         info_path = run_dir / RUN_INFO
         if info_path.exists():
             run_info = json.loads(info_path.read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    # Same initial weights on every rank (rank 0's are broadcast anyway); rank-own env streams.
     torch.manual_seed(cfg.seed)
-
-    env = make_env(cfg.env, cfg.seed)
+    env = make_env(cfg.env, cfg.seed + context.rank, device=context.device(cfg.env.device))
     try:  # a bad checkpoint or module config must not leave the (process-wide) simulation open
-        return _train(cfg, env, run_dir, resume, run_info)
+        return _train(cfg, env, run_dir, resume, run_info, context)
     finally:
         env.close()
 
 
-def _train(cfg: DictConfig, env: EnvBase, run_dir: Path, resume: Path | None, run_info: dict[str, str]) -> RunResult:
+def _train(
+    cfg: DictConfig,
+    env: EnvBase,
+    run_dir: Path,
+    resume: Path | None,
+    run_info: dict[str, str],
+    context: DistributedContext,
+) -> RunResult:
     observation_key = cfg.env.observation_key
     obs_dim = env.observation_spec[observation_key].shape[-1]
     action_dim = env.action_spec.shape[-1]
     actor = instantiate(
         cfg.algorithm.actor, observation_key=observation_key, **_dims(cfg.algorithm.actor, obs_dim, action_dim)
-    )
-    critic = instantiate(cfg.algorithm.critic, obs_dim=obs_dim, observation_key=observation_key)
+    ).to(env.device)
+    critic = instantiate(cfg.algorithm.critic, obs_dim=obs_dim, observation_key=observation_key).to(env.device)
     loss_module = instantiate(cfg.algorithm.loss, actor_network=actor, critic_network=critic)
 
     trainer = OnPolicyTrainer(
@@ -129,43 +142,32 @@ def _train(cfg: DictConfig, env: EnvBase, run_dir: Path, resume: Path | None, ru
         checkpoint_every=cfg.checkpoint.every,
         keep_checkpoints=cfg.checkpoint.keep,
         progress=cfg.logger.progress,
+        distributed=context,
         **OmegaConf.to_container(cfg.algorithm.trainer, resolve=True),
     )
     if resume is not None:
         trainer.load_checkpoint(resume)
-
-    tracking_uri = cfg.logger.tracking_uri or run_info.get("tracking_uri") or default_tracking_uri(run_dir)
-    tracker = MLflowTracker(
-        tracking_uri,
-        experiment=cfg.logger.experiment,
-        run_name=f"{cfg.algorithm.name}-{cfg.env.task}-seed{cfg.seed}",
-        run_id=run_info.get("mlflow_run_id") if resume is not None else None,
-        artifact_location=(run_dir / "mlartifacts").resolve().as_uri() if not cfg.logger.tracking_uri else None,
-    )
-    (run_dir / RUN_INFO).write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri}))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    config_path = run_dir / "config.yaml"
-    config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    if resume is None:
-        tracker.log_params(resolved)
-        tracker.log_artifact(config_path)
-    tracker.set_tags(_env_tags(env, cfg))
-
-    trainer.on_metrics = tracker.log_metrics
+    tracker = _start_tracking(cfg, env, run_dir, resume, run_info) if context.is_main else None
+    if tracker is not None:
+        trainer.on_metrics = tracker.log_metrics
 
     previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         history = trainer.train()
     except KeyboardInterrupt:
-        tracker.finish("KILLED")
+        if tracker is not None:
+            tracker.finish("KILLED")
         raise
     except BaseException:
-        tracker.finish("FAILED")
+        if tracker is not None:
+            tracker.finish("FAILED")
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
 
     final_checkpoint = trainer.checkpoints.latest() if trainer.checkpoints is not None else None
+    if tracker is None:
+        return RunResult(run_dir, "", "", history, final_checkpoint)
     curve = plot_learning_curve(
         history, run_dir / "learning_curve.png", title=f"{cfg.algorithm.name} on {cfg.env.task}"
     )
@@ -176,7 +178,7 @@ def _train(cfg: DictConfig, env: EnvBase, run_dir: Path, resume: Path | None, ru
             "observation_normalizer": trainer.observation_normalizer.state_dict()
             if trainer.observation_normalizer is not None
             else None,
-            "config": resolved,
+            "config": OmegaConf.to_container(cfg, resolve=True),
         },
         policy_path,
     )
@@ -185,8 +187,30 @@ def _train(cfg: DictConfig, env: EnvBase, run_dir: Path, resume: Path | None, ru
     if final_checkpoint is not None:
         tracker.log_artifact(final_checkpoint, artifact_path=f"checkpoints/{final_checkpoint.name}")
     tracker.finish()
-    logger.info("run finished: %s (MLflow: mlflow ui --backend-store-uri %s)", run_dir, tracking_uri)
-    return RunResult(run_dir, tracker.run_id, tracking_uri, history, final_checkpoint)
+    logger.info("run finished: %s (MLflow: mlflow ui --backend-store-uri %s)", run_dir, tracker.tracking_uri)
+    return RunResult(run_dir, tracker.run_id, tracker.tracking_uri, history, final_checkpoint)
+
+
+def _start_tracking(
+    cfg: DictConfig, env: EnvBase, run_dir: Path, resume: Path | None, run_info: dict[str, str]
+) -> MLflowTracker:
+    """Open (or, on resume, reopen) the run's MLflow run and record the config; rank 0 only."""
+    tracking_uri = cfg.logger.tracking_uri or run_info.get("tracking_uri") or default_tracking_uri(run_dir)
+    tracker = MLflowTracker(
+        tracking_uri,
+        experiment=cfg.logger.experiment,
+        run_name=f"{cfg.algorithm.name}-{cfg.env.task}-seed{cfg.seed}",
+        run_id=run_info.get("mlflow_run_id") if resume is not None else None,
+        artifact_location=(run_dir / "mlartifacts").resolve().as_uri() if not cfg.logger.tracking_uri else None,
+    )
+    (run_dir / RUN_INFO).write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri}))
+    config_path = run_dir / "config.yaml"
+    config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if resume is None:
+        tracker.log_params(OmegaConf.to_container(cfg, resolve=True))
+        tracker.log_artifact(config_path)
+    tracker.set_tags(_env_tags(env, cfg))
+    return tracker
 
 
 def _dims(actor_cfg: DictConfig, obs_dim: int, action_dim: int) -> dict[str, Any]:

@@ -32,3 +32,15 @@ class ObservationNormalizer(VecNormV2):
     def _norm(self, data: TensorDictBase, loc: TensorDictBase, var: TensorDictBase, count: TensorDictBase):
         second_moment = var.apply(lambda moment, mean: torch.maximum(moment, mean.pow(2)), loc)
         return super()._norm(data, loc, second_moment, count)
+
+    def statistics(self) -> tuple[TensorDictBase, TensorDictBase, TensorDictBase]:
+        """Copies of the running (count, E[x], E[x²]), one entry per normalized key."""
+        if self._loc is None:
+            raise RuntimeError("the normalizer has seen no data yet")
+        return self._count.clone(), self._loc.clone(), self._var.clone()
+
+    def load_statistics(self, count: TensorDictBase, mean: TensorDictBase, second_moment: TensorDictBase) -> None:
+        """Overwrite the running statistics in place (e.g. with those merged across ranks)."""
+        self._count.update_(count)
+        self._loc.update_(mean)
+        self._var.update_(second_moment)

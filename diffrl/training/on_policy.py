@@ -5,7 +5,8 @@ Built from TorchRL 0.14 parts: ``Collector`` for rollouts, ``GAE`` for advantage
 constant features) for observation normalization, ``RewardSum``/``StepCounter`` for episode statistics and
 ``torchrl.checkpoint`` for atomic, rotated checkpoints with RNG state. What is written
 here is only what those lack: the epoch/minibatch schedule, whole-rollout advantage
-normalization, gradient clipping, metrics, the progress bar and resume.
+normalization, gradient clipping, metrics, the progress bar, exact resume and the
+``torchrun`` data parallelism of :mod:`diffrl.training.distributed`.
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
-from torchrl.checkpoint import Checkpoint, CheckpointError, CheckpointRotation, GlobalRNGState
+from torchrl.checkpoint import Checkpoint, CheckpointError, CheckpointRotation
 from torchrl.collectors import Collector
 from torchrl.envs import Compose, EnvBase, RewardSum, StepCounter, TransformedEnv
 from torchrl.objectives import KLAdaptiveLR, LossModule
 from torchrl.objectives.value import GAE
 from tqdm.auto import tqdm
 
+from diffrl.training import distributed
+from diffrl.training.distributed import DistributedContext
 from diffrl.training.observation_normalizer import ObservationNormalizer
+from diffrl.training.rollout_state import RolloutState
 
 logger = logging.getLogger("diffrl.training")
 
@@ -75,6 +79,16 @@ class OnPolicyTrainer:
     gradient-norm clipping, and — per minibatch, as in GenPO and rsl_rl — the
     KL-adaptive learning rate fed with the loss's ``kl_approx``.
 
+    Checkpoints hold everything a run needs to continue as if never stopped: networks,
+    optimizer, learning-rate rule, observation statistics, counters and history, and the
+    :class:`~diffrl.training.rollout_state.RolloutState` (random generators, the collector's
+    carried step, the simulator's state where the env exposes one). On a CPU with a MuJoCo
+    env a resumed run reproduces the uninterrupted run's metrics exactly.
+
+    Under ``torchrun`` (``distributed`` with ``world_size > 1``) every rank runs this loop on
+    its own envs; see :mod:`diffrl.training.distributed` for what is synchronized.
+    ``total_frames`` and the reported ``frames`` count all ranks' frames.
+
     Args:
         env: a batched TorchRL env (batch size [num_envs]).
         actor: the policy module (its ``in_keys[0]`` is the observation key normalized).
@@ -94,8 +108,10 @@ class OnPolicyTrainer:
         checkpoint_dir: where rotated checkpoints go (``None``: no checkpoints).
         checkpoint_every: iterations between checkpoints (a final one is always written).
         keep_checkpoints: how many recent checkpoints to keep.
-        on_metrics: called with ``(metrics, iteration)`` after every iteration (e.g. MLflow).
-        progress: show a tqdm progress bar.
+        on_metrics: called with ``(metrics, iteration)`` after every iteration (e.g. MLflow),
+            on rank 0 only.
+        progress: show a tqdm progress bar (rank 0 only).
+        distributed: this process's place in a ``torchrun`` launch (``None``: a single process).
     """
 
     def __init__(
@@ -125,6 +141,7 @@ class OnPolicyTrainer:
         keep_checkpoints: int = 3,
         on_metrics: MetricsCallback | None = None,
         progress: bool = True,
+        distributed: DistributedContext | None = None,
     ) -> None:
         if env.batch_size.numel() < 1 or len(env.batch_size) != 1:
             raise ValueError(f"OnPolicyTrainer needs a batched env with batch size [num_envs], got {env.batch_size}")
@@ -158,15 +175,30 @@ class OnPolicyTrainer:
             if adaptive_lr
             else None
         )
+        self.context = distributed or DistributedContext()
+        if self.context.is_distributed:
+            distributed.broadcast_parameters(loss_module)
+        self._shared_statistics = None  # the observation statistics all ranks agreed on last
         self.progress = TrainingProgress()
         self.on_metrics = on_metrics
-        self.show_progress = progress
+        self.show_progress = progress and self.context.is_main
+        # Made here, not in train(): its first env reset must precede a checkpoint's restore.
+        self.collector = Collector(
+            self.env,
+            self.actor,
+            frames_per_batch=self.frames_per_batch,
+            total_frames=-1,
+            auto_register_policy_transforms=False,
+        )
+        self.rollout_state = RolloutState(
+            self.collector, getattr(env, "simulator_state", None), self.context.rank, self.context.world_size
+        )
         self.checkpoint = Checkpoint(
             actor=actor,
             critic=critic,
             optimizer=self.optimizer,
             progress=self.progress,
-            rng=GlobalRNGState(),
+            rollout=self.rollout_state,
             **({"lr_schedule": self.lr_schedule} if self.lr_schedule is not None else {}),
             **({"observation_normalizer": self.observation_normalizer} if normalize_observations else {}),
         )
@@ -177,9 +209,20 @@ class OnPolicyTrainer:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint (atomically; old ones rotated) and return its path."""
+    def save_checkpoint(self, gather_ranks: bool = True) -> Path | None:
+        """Write a checkpoint (atomically; old ones rotated) and return its path (rank 0; others ``None``).
+
+        Every rank must call it (its rollout state is gathered) unless ``gather_ranks`` is
+        false, as after a crash, when rank 0 saves only its own.
+        """
         if self.checkpoints is None:
+            return None
+        local = self.rollout_state.capture()
+        if self.context.is_distributed and gather_ranks:
+            self.rollout_state.ranks = distributed.gather_objects(local, self.context.world_size)
+        else:
+            self.rollout_state.ranks = [local]
+        if not self.context.is_main:
             return None
         path = self.checkpoints.save(
             self.checkpoint, step=self.progress.iteration, metadata={"frames": self.progress.frames}
@@ -202,6 +245,8 @@ class OnPolicyTrainer:
             self.checkpoint.load(path)
         except (CheckpointError, RuntimeError, KeyError, ValueError, OSError) as error:
             raise ValueError(f"cannot resume from checkpoint {path}: {error}") from error
+        if self.context.is_distributed and self.observation_normalizer is not None:
+            self._shared_statistics = self.observation_normalizer.statistics()
         logger.info("resumed from %s at iteration %d, %d frames", path, self.progress.iteration, self.progress.frames)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -212,13 +257,6 @@ class OnPolicyTrainer:
         A crash or Ctrl-C writes a checkpoint of the last completed iteration before the
         exception propagates, so nothing but the iteration in progress is lost.
         """
-        collector = Collector(
-            self.env,
-            self.actor,
-            frames_per_batch=self.frames_per_batch,
-            total_frames=-1,
-            auto_register_policy_transforms=False,
-        )
         bar = tqdm(
             total=self.total_frames,
             initial=self.progress.frames,
@@ -228,32 +266,34 @@ class OnPolicyTrainer:
             dynamic_ncols=True,
         )
         completed_since_save = 0
+        progress_bar_shown = self.show_progress
         try:
             collect_start = time.perf_counter()
-            for batch in collector:
+            for batch in self.collector:
                 if self.progress.frames >= self.total_frames:
                     break
                 collect_time = time.perf_counter() - collect_start
                 update_start = time.perf_counter()
                 metrics = self._update(batch)
                 update_time = time.perf_counter() - update_start
+                frames = batch.numel() * self.context.world_size
                 self.progress.iteration += 1
-                self.progress.frames += batch.numel()
+                self.progress.frames += frames
                 completed_since_save += 1
                 metrics.update(
                     frames=float(self.progress.frames),
-                    frames_per_second=batch.numel() / (collect_time + update_time),
+                    frames_per_second=frames / (collect_time + update_time),
                     collection_time=collect_time,
                     update_time=update_time,
                     learning_rate=float(self.optimizer.param_groups[0]["lr"]),
                 )
                 self.progress.history.append(metrics)
-                if self.on_metrics is not None:
+                if self.on_metrics is not None and self.context.is_main:
                     self.on_metrics(metrics, self.progress.iteration)
-                bar.update(batch.numel())
+                bar.update(frames)
                 summary = _progress_summary(metrics)
                 bar.set_postfix(summary, refresh=False)
-                if not self.show_progress:  # logs still show the run's progress
+                if not progress_bar_shown and self.context.is_main:  # logs still show the run's progress
                     logger.info(
                         "iteration %d, %d frames: %s",
                         self.progress.iteration,
@@ -264,26 +304,28 @@ class OnPolicyTrainer:
                     self.save_checkpoint()
                     completed_since_save = 0
                 collect_start = time.perf_counter()
+            if completed_since_save:  # before shutdown: the collector's carried step is saved too
+                self.save_checkpoint()
+                completed_since_save = 0
         except BaseException:
             if completed_since_save:
                 logger.warning("training interrupted: saving a checkpoint of the last completed iteration")
-                self.save_checkpoint()
+                self.save_checkpoint(gather_ranks=False)  # the other ranks may be gone
             raise
         finally:
             bar.close()
-            collector.shutdown(close_env=False)  # the env belongs to the caller
-        if completed_since_save:
-            self.save_checkpoint()
+            self.collector.shutdown(close_env=False)  # the env belongs to the caller
         return self.progress.history
 
     def _update(self, batch: TensorDictBase) -> dict[str, float]:
+        if self.context.is_distributed and self.observation_normalizer is not None:
+            self._synchronize_observation_statistics()
         metrics = self._episode_metrics(batch)
         with torch.no_grad():
             self.advantage_module(batch)
         flat = batch.reshape(-1)
         if self.normalize_advantage:
-            advantage = flat["advantage"]
-            flat["advantage"] = (advantage - advantage.mean()) / advantage.std().clamp_min(1e-8)
+            flat["advantage"] = self._normalized_advantage(flat["advantage"])
         sums: dict[str, torch.Tensor] = {}
         grad_norms = []
         minibatch_size = flat.numel() // self.num_minibatches
@@ -293,10 +335,15 @@ class OnPolicyTrainer:
                 minibatch = flat[order[index * minibatch_size : (index + 1) * minibatch_size]]
                 out = self.loss_module(minibatch)
                 if self.lr_schedule is not None:
-                    self.lr_schedule.step(out["kl_approx"])
+                    kl = out["kl_approx"].detach()
+                    if self.context.is_distributed:
+                        kl = distributed.all_reduce_sum(kl) / self.context.world_size
+                    self.lr_schedule.step(kl)
                 loss = sum(value for key, value in out.items() if key.startswith("loss_"))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.context.is_distributed:
+                    distributed.average_gradients(list(self.loss_module.parameters()), self.context.world_size)
                 grad_norms.append(torch.nn.utils.clip_grad_norm_(self.loss_module.parameters(), self.max_grad_norm))
                 self.optimizer.step()
                 for key, value in out.items():
@@ -305,7 +352,29 @@ class OnPolicyTrainer:
         metrics.update({key: float(value) / count for key, value in sums.items()})
         metrics["grad_norm"] = float(torch.stack(grad_norms).mean())
         metrics["reward_per_step"] = float(batch["next", "reward"].mean())
+        if self.context.is_distributed:
+            metrics = distributed.all_reduce_mean(metrics, self.context.world_size)
         return metrics
+
+    def _normalized_advantage(self, advantage: torch.Tensor) -> torch.Tensor:
+        """Standardized with the mean and (unbiased) std of the whole rollout, over all ranks."""
+        moments = torch.stack([advantage.double().sum(), advantage.double().pow(2).sum()])
+        moments = torch.cat([moments, moments.new_tensor([advantage.numel()])])
+        if self.context.is_distributed:
+            moments = distributed.all_reduce_sum(moments)
+        total, total_squares, count = moments.unbind()
+        mean = total / count
+        # Round-off can push the sum formula a hair below zero for a constant advantage.
+        std = ((total_squares - count * mean**2) / (count - 1)).clamp_min(0).sqrt()
+        return ((advantage - mean) / std.clamp_min(1e-8)).to(advantage.dtype)
+
+    def _synchronize_observation_statistics(self) -> None:
+        """Every rank adopts the statistics of all ranks' observations so far."""
+        merged = distributed.merge_normalizer_statistics(
+            self.observation_normalizer.statistics(), self._shared_statistics
+        )
+        self.observation_normalizer.load_statistics(*merged)
+        self._shared_statistics = self.observation_normalizer.statistics()
 
     def _episode_metrics(self, batch: TensorDictBase) -> dict[str, float]:
         """Mean return and length over the last 100 finished episodes (NaN before the first one ends)."""
