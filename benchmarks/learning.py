@@ -1,0 +1,494 @@
+"""Learning curves at equal frame budgets: GenPO, TruDi, diffrl's Gaussian PPO and rsl_rl PPO.
+
+Every (task, algorithm, seed) is one subprocess, launched with the one command a user would type:
+
+- diffrl (``genpo``, ``trudi``, ``ppo``): ``python recipes/<algo>_isaaclab.py task=... seed=...
+  env.num_envs=... collector.total_frames=... logger.progress=false hydra.run.dir=<case dir>``;
+  the curve is read back from the run's MLflow store (``episode_return``, the mean return of the
+  last 100 finished episodes, against ``frames``);
+- ``rsl_rl`` on Isaac Lab: ``isaaclab train --rl_library rsl_rl --task ... --seed ...
+  agent.max_iterations=...`` with the task's reference runner config (the frame budget set
+  through the iteration count); the curve is parsed from its per-iteration console report
+  ("Total steps", "Mean reward": also the mean over the last 100 episodes);
+- ``rsl_rl`` on gymnasium MuJoCo: ``benchmarks/rsl_rl_gym.py``, rsl_rl's ``OnPolicyRunner``
+  over a gymnasium vector env (Isaac Lab's ``isaaclab train`` has no MuJoCo tasks).
+
+Within a task every algorithm gets the same envs, rollout length and frame budget, so the
+curves are sampled at the same frames; they are still interpolated onto one grid before
+seeds are averaged. Each finished case leaves ``case.json`` in its directory
+(``<out>/<task>/<algorithm>/seed<k>/``); ``--resume`` skips those, so a long sweep can be
+stopped and continued. Cases run one at a time with one torch/OpenMP thread.
+
+    python benchmarks/learning.py --quick                         # one tiny MuJoCo case, ~1 min
+    python benchmarks/learning.py --resume --json learning.json   # the full sweep (docs/results.md)
+    python benchmarks/learning.py --task cartpole --algorithms genpo --seeds 0 1 2 --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import format_machine, format_table, machine_description, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+ISAACLAB_CLI = Path(sys.executable).with_name("isaaclab")
+ALGORITHMS = ("genpo", "trudi", "ppo", "rsl_rl")
+DEFAULT_OUT = REPO / "benchmarks" / "out" / "learning"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One task of the sweep: its recipe preset and the budget every algorithm gets on it."""
+
+    key: str
+    env_id: str
+    backend: str  # "isaaclab" or "mujoco"
+    num_envs: int
+    steps_per_env: int
+    iterations: int
+    # Per-algorithm Hydra overrides beyond the preset (rsl_rl's reference where the recipe differs).
+    overrides: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    max_episode_steps: int | None = None  # MuJoCo only: None keeps the task's limit (1000)
+
+    @property
+    def frames_per_iteration(self) -> int:
+        return self.num_envs * self.steps_per_env
+
+    @property
+    def total_frames(self) -> int:
+        return self.iterations * self.frames_per_iteration
+
+
+TASKS: dict[str, TaskSpec] = {
+    # rsl_rl's CartpolePPORunnerCfg: 16 steps per env, [32, 32] networks for the Gaussian policy.
+    "cartpole": TaskSpec(
+        "cartpole",
+        "Isaac-Cartpole",
+        "isaaclab",
+        num_envs=256,
+        steps_per_env=16,
+        iterations=60,
+        overrides={"ppo": ["algorithm.hidden_sizes=[32,32]", "algorithm.critic_hidden_sizes=[32,32]"]},
+    ),
+    # rsl_rl's AntPPORunnerCfg: 32 steps per env, entropy coefficient 0.
+    "ant": TaskSpec(
+        "ant",
+        "Isaac-Ant",
+        "isaaclab",
+        num_envs=128,
+        steps_per_env=32,
+        iterations=30,
+        overrides={"ppo": ["algorithm.loss.entropy_coeff=0"]},
+    ),
+    # The preset's 64 envs x 32 steps, with 200-step episodes instead of 1000: within a CPU budget of
+    # ~100k frames, 1000-step episodes would end only once per env, all at the same time (no
+    # terminations), leaving one point on the curve. Returns are not comparable with published
+    # (1000-step) HalfCheetah numbers.
+    "halfcheetah": TaskSpec(
+        "halfcheetah", "HalfCheetah-v5", "mujoco", num_envs=64, steps_per_env=32, iterations=48, max_episode_steps=200
+    ),
+}
+# Episodes of 50 steps so that the tiny run finishes some (plumbing only; not a result).
+QUICK_TASK = TaskSpec(
+    "halfcheetah", "HalfCheetah-v5", "mujoco", num_envs=8, steps_per_env=32, iterations=3, max_episode_steps=50
+)
+
+
+# -- the commands -----------------------------------------------------------------------------------
+
+
+def case_dir(out: Path, task: TaskSpec, algorithm: str, seed: int) -> Path:
+    return out / task.key / algorithm / f"seed{seed}"
+
+
+def case_command(task: TaskSpec, algorithm: str, seed: int, run_dir: Path) -> list[str]:
+    """The one command that trains ``algorithm`` on ``task`` with ``seed`` at the task's budget."""
+    limit = [] if task.max_episode_steps is None else [task.max_episode_steps]
+    if algorithm == "rsl_rl" and task.backend == "mujoco":
+        return [
+            sys.executable,
+            str(REPO / "benchmarks" / "rsl_rl_gym.py"),
+            "--task",
+            task.env_id,
+            "--num-envs",
+            str(task.num_envs),
+            "--steps-per-env",
+            str(task.steps_per_env),
+            "--iterations",
+            str(task.iterations),
+            "--seed",
+            str(seed),
+            *[f"--max-episode-steps={steps}" for steps in limit],
+        ]
+    if algorithm == "rsl_rl":
+        return [
+            str(ISAACLAB_CLI),
+            "train",
+            "--rl_library",
+            "rsl_rl",
+            "--task",
+            task.env_id,
+            "--num_envs",
+            str(task.num_envs),
+            "--seed",
+            str(seed),
+            "--device",
+            "cpu",
+            "--viz",
+            "none",
+            "agent.device=cpu",
+            f"agent.num_steps_per_env={task.steps_per_env}",
+            f"agent.max_iterations={task.iterations}",
+        ]
+    command = [
+        sys.executable,
+        str(REPO / "recipes" / f"{algorithm}_isaaclab.py"),
+        f"task={task.key}",
+        f"seed={seed}",
+        f"env.num_envs={task.num_envs}",
+        f"collector.steps_per_env={task.steps_per_env}",
+        f"collector.total_frames={task.total_frames}",
+        "logger.progress=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    if task.backend == "isaaclab":
+        command.append("env.assets=offline")
+    command += [f"env.max_episode_steps={steps}" for steps in limit]
+    return [*command, *task.overrides.get(algorithm, [])]
+
+
+def display_command(command: Sequence[str]) -> str:
+    """The command as a user would type it from the repository root (no absolute paths)."""
+    words = []
+    for word in command:
+        if word == sys.executable:
+            word = "python"
+        elif word == str(ISAACLAB_CLI):
+            word = "isaaclab"
+        elif word.startswith(str(REPO) + "/"):
+            word = word[len(str(REPO)) + 1 :]
+        elif word.startswith("hydra.run.dir="):
+            word = "hydra.run.dir=<run dir>"
+        words.append(shlex.quote(word))
+    return " ".join(words)
+
+
+def git_commit() -> str:
+    """The commit of the checkout that runs (``+dirty`` when tracked files differ from it)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=REPO, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+# -- reading a run's curve ------------------------------------------------------------------------------
+
+RSL_RL_BLOCK = re.compile(
+    r"Total steps:\s*(\d+).*?Collection time:\s*([\d.]+)s.*?Learning time:\s*([\d.]+)s(.*?)(?=Learning iteration|\Z)",
+    re.S,
+)
+RSL_RL_REWARD = re.compile(r"Mean reward:\s*(-?[\d.]+|nan)")
+
+
+def parse_rsl_rl_output(text: str) -> dict[str, list[float]]:
+    """Frames, mean return (last 100 episodes; NaN before the first one ends) and seconds per iteration."""
+    frames, returns, seconds = [], [], []
+    for steps, collection, learning, rest in RSL_RL_BLOCK.findall(text):
+        reward = RSL_RL_REWARD.search(rest)
+        frames.append(float(steps))
+        returns.append(float(reward.group(1)) if reward else math.nan)
+        seconds.append(float(collection) + float(learning))
+    return {"frames": frames, "returns": returns, "train_seconds": seconds}
+
+
+def read_mlflow_curve(run_dir: Path) -> dict[str, list[float]]:
+    """The same series from a diffrl run directory's MLflow store (``run.json`` names the run)."""
+    from mlflow.tracking import MlflowClient
+
+    info = json.loads((run_dir / "run.json").read_text())
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+
+    def series(key: str) -> dict[int, float]:
+        return {metric.step: metric.value for metric in client.get_metric_history(info["mlflow_run_id"], key)}
+
+    frames, returns = series("frames"), series("episode_return")
+    collection, update = series("collection_time"), series("update_time")
+    steps = sorted(frames)
+    return {
+        "frames": [frames[step] for step in steps],
+        "returns": [returns.get(step, math.nan) for step in steps],
+        "train_seconds": [collection.get(step, math.nan) + update.get(step, math.nan) for step in steps],
+    }
+
+
+# -- one case -----------------------------------------------------------------------------------------
+
+
+def run_case(task: TaskSpec, algorithm: str, seed: int, out: Path, timeout: float) -> dict[str, Any]:
+    """Train one (task, algorithm, seed) in a subprocess; write and return its record (``case.json``)."""
+    directory = case_dir(out, task, algorithm, seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    command = case_command(task, algorithm, seed, directory.resolve())
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # This checkout's diffrl, also when the sweep runs from a snapshot (git worktree) of it.
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    if algorithm == "rsl_rl" and task.backend == "isaaclab":
+        from diffrl.envs.offline_assets import build_offline_assets
+
+        environment["ISAACSIM_ASSET_ROOT"] = str(build_offline_assets())
+        environment.setdefault("WARP_CACHE_PATH", str(Path("~/.cache/diffrl/warp").expanduser()))
+    record: dict[str, Any] = {
+        "task": task.env_id,
+        "task_key": task.key,
+        "algorithm": algorithm,
+        "seed": seed,
+        "num_envs": task.num_envs,
+        "steps_per_env": task.steps_per_env,
+        "budget_frames": task.total_frames,
+        "command": display_command(command),
+        "commit": git_commit(),
+    }
+    start = time.perf_counter()
+    with (directory / "stdout.log").open("w") as log:
+        try:
+            # rsl_rl writes its logs under the working directory: the case directory.
+            result = subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=directory, env=environment, timeout=timeout
+            )
+            returncode = result.returncode
+        except subprocess.TimeoutExpired:
+            returncode = -1
+    record["wall_seconds"] = time.perf_counter() - start
+    record["returncode"] = returncode
+    try:
+        if algorithm == "rsl_rl":
+            curve = parse_rsl_rl_output((directory / "stdout.log").read_text())
+        else:
+            curve = read_mlflow_curve(directory)
+    except (OSError, KeyError, ValueError) as error:
+        curve = {"frames": [], "returns": [], "train_seconds": []}
+        record["error"] = str(error)
+    record.update(curve)
+    record["frames_done"] = curve["frames"][-1] if curve["frames"] else 0
+    record["ok"] = returncode == 0 and record["frames_done"] >= task.total_frames
+    record["final_return"] = curve["returns"][-1] if curve["returns"] else math.nan
+    (directory / "case.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def load_case(out: Path, task: TaskSpec, algorithm: str, seed: int) -> dict[str, Any] | None:
+    path = case_dir(out, task, algorithm, seed) / "case.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("ok") else None
+
+
+# -- aggregation ----------------------------------------------------------------------------------------
+
+
+def on_grid(frames: Sequence[float], values: Sequence[float], grid: np.ndarray) -> np.ndarray:
+    """``values`` (at ``frames``) linearly interpolated at ``grid``; NaN outside the curve or before its first value."""
+    frames_array = np.asarray(frames, dtype=float)
+    values_array = np.asarray(values, dtype=float)
+    known = ~np.isnan(values_array)
+    result = np.full(grid.shape, np.nan)
+    if not known.any():
+        return result
+    frames_array, values_array = frames_array[known], values_array[known]
+    inside = (grid >= frames_array[0]) & (grid <= frames_array[-1])
+    result[inside] = np.interp(grid[inside], frames_array, values_array)
+    return result
+
+
+def aggregate_curves(curves: Sequence[tuple[Sequence[float], Sequence[float]]], grid: np.ndarray) -> dict[str, Any]:
+    """Mean, std (population, over seeds), min and max at every grid point, over the seeds that have a value there."""
+    stacked = np.stack([on_grid(frames, values, grid) for frames, values in curves])
+    count = (~np.isnan(stacked)).sum(axis=0)
+    with warnings.catch_warnings():  # all-NaN columns (no seed has a value there yet) stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(stacked, axis=0)
+        std = np.nanstd(stacked, axis=0)
+        low = np.nanmin(stacked, axis=0)
+        high = np.nanmax(stacked, axis=0)
+    return {"frames": grid, "mean": mean, "std": std, "min": low, "max": high, "count": count}
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One summary per (task, algorithm): the final return's mean ± std, min, max over seeds, and costs."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["task"], record["algorithm"]), []).append(record)
+    summaries = []
+    for (task, algorithm), group in groups.items():
+        finals = np.array([record["final_return"] for record in group], dtype=float)
+        summaries.append(
+            {
+                "task": task,
+                "algorithm": algorithm,
+                "seeds": sorted(record["seed"] for record in group),
+                "frames": group[0]["budget_frames"],
+                "num_envs": group[0]["num_envs"],
+                "final_mean": float(np.mean(finals)),
+                "final_std": float(np.std(finals)),
+                "final_min": float(np.min(finals)),
+                "final_max": float(np.max(finals)),
+                "wall_seconds_mean": float(np.mean([record["wall_seconds"] for record in group])),
+                "train_seconds_mean": float(np.mean([np.nansum(record["train_seconds"]) for record in group])),
+            }
+        )
+    return summaries
+
+
+def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
+    rows = [
+        (
+            s["task"],
+            s["algorithm"],
+            len(s["seeds"]),
+            s["num_envs"],
+            f"{s['frames']:,}",
+            f"{s['final_mean']:.2f} ± {s['final_std']:.2f}",
+            f"[{s['final_min']:.2f}, {s['final_max']:.2f}]",
+            f"{s['wall_seconds_mean']:.0f}",
+            f"{s['frames'] / s['train_seconds_mean']:.0f}" if s["train_seconds_mean"] > 0 else "n/a",
+        )
+        for s in summaries
+    ]
+    header = ("task", "algorithm", "seeds", "envs", "frames", "final return", "[min, max]", "wall s/run", "train fps")
+    return format_table(rows, header)
+
+
+def plot_task(records: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    """Mean return over seeds against frames, one line per algorithm, shaded ± one std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    for algorithm in ALGORITHMS:
+        group = [record for record in records if record["algorithm"] == algorithm]
+        if not group:
+            continue
+        grid = np.unique(np.concatenate([np.asarray(record["frames"], dtype=float) for record in group]))
+        stats = aggregate_curves([(record["frames"], record["returns"]) for record in group], grid)
+        label = f"{algorithm} ({len(group)} seed{'s' if len(group) > 1 else ''})"
+        (line,) = axis.plot(stats["frames"], stats["mean"], label=label)
+        axis.fill_between(
+            stats["frames"],
+            stats["mean"] - stats["std"],
+            stats["mean"] + stats["std"],
+            color=line.get_color(),
+            alpha=0.2,
+        )
+    axis.set_xlabel("env frames")
+    axis.set_ylabel("mean episode return (last 100)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# -- the sweep ----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one tiny case (diffrl PPO, HalfCheetah-v5, 8 envs)")
+    parser.add_argument("--json", metavar="PATH", help="write one record per (task, algorithm, seed) as JSON")
+    parser.add_argument("--task", nargs="+", choices=sorted(TASKS), help="default: cartpole halfcheetah ant")
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, help="default: all four")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2")
+    parser.add_argument("--out", type=Path, help=f"case directories (default {DEFAULT_OUT.relative_to(REPO)})")
+    parser.add_argument("--resume", action="store_true", help="skip cases whose case.json says they finished")
+    parser.add_argument("--plots", type=Path, help="write one learning-curve PNG per task into this directory")
+    parser.add_argument("--iterations", type=int, help="iterations per case instead of the task's budget (smoke tests)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per case")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if args.quick:
+        tasks = [QUICK_TASK]
+        algorithms = args.algorithms or ["ppo"]
+        seeds = args.seeds or [0]
+    else:
+        tasks = [TASKS[key] for key in (args.task or ["cartpole", "halfcheetah", "ant"])]
+    if args.iterations is not None:
+        tasks = [dataclasses.replace(task, iterations=args.iterations) for task in tasks]
+        algorithms = args.algorithms or list(ALGORITHMS)
+        seeds = args.seeds if args.seeds is not None else [0, 1, 2]
+    temporary = tempfile.TemporaryDirectory() if args.quick and args.out is None else None
+    out = Path(temporary.name) if temporary is not None else (args.out or DEFAULT_OUT)
+    machine = machine_description(torch.device("cpu"))
+    print(format_machine(machine), flush=True)
+    records: list[dict[str, Any]] = []
+    failed: list[str] = []
+    try:
+        # Seed-major: a sweep stopped early leaves every task with the same number of seeds (± 1).
+        for seed in seeds:
+            for task in tasks:
+                for algorithm in algorithms:
+                    label = f"{task.env_id} {algorithm} seed {seed}"
+                    record = load_case(out, task, algorithm, seed) if args.resume else None
+                    if record is None:
+                        print(f"running: {label} ({task.total_frames} frames)", flush=True)
+                        record = run_case(task, algorithm, seed, out, args.timeout)
+                    else:
+                        print(f"kept: {label}", flush=True)
+                    if record["ok"]:
+                        records.append(record)
+                        print(
+                            f"  {label}: return {record['final_return']:.2f} at {record['frames_done']:.0f} frames, "
+                            f"{record['wall_seconds']:.0f} s",
+                            flush=True,
+                        )
+                    else:
+                        failed.append(label)
+                        log = case_dir(out, task, algorithm, seed) / "stdout.log"
+                        print(f"FAILED: {label} (exit {record['returncode']}; see {log})", file=sys.stderr, flush=True)
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+    if records:
+        print(summary_table(summarize(records)))
+    if args.plots is not None:
+        for task in tasks:
+            task_records = [record for record in records if record["task"] == task.env_id]
+            if task_records:
+                path = plot_task(task_records, args.plots / f"learning_{task.key}.png", task.env_id)
+                print(f"plot: {path}")
+    if failed:
+        print(f"{len(failed)} case(s) failed: {', '.join(failed)}", file=sys.stderr)
+    if args.json:
+        write_json(args.json, machine, records)
+    return records
+
+
+if __name__ == "__main__":
+    main()

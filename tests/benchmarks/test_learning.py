@@ -1,0 +1,158 @@
+"""benchmarks/learning.py: its seed aggregation, rsl_rl report parsing, commands and ``--quick`` JSON records.
+
+The math is checked on hand-made curves against values computed by hand; no training runs
+except the slow ``--quick`` test (one tiny MuJoCo case per script).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "learning.py"
+RECORD_FIELDS = {
+    "task",
+    "algorithm",
+    "seed",
+    "num_envs",
+    "budget_frames",
+    "frames",
+    "returns",
+    "train_seconds",
+    "final_return",
+    "wall_seconds",
+    "command",
+    "ok",
+}
+
+
+@pytest.fixture
+def learning(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    return importlib.import_module("learning")
+
+
+def test_on_grid_interpolates_inside_and_is_nan_outside_or_before_the_first_episode(learning):
+    frames = [10.0, 20.0, 30.0, 40.0]
+    values = [math.nan, 1.0, 3.0, 7.0]  # no episode had finished at 10 frames
+    grid = np.array([5.0, 10.0, 20.0, 25.0, 40.0, 45.0])
+    result = learning.on_grid(frames, values, grid)
+    # 25 lies halfway between (20, 1) and (30, 3): 2.
+    np.testing.assert_array_equal(result, [math.nan, math.nan, 1.0, 2.0, 7.0, math.nan])
+
+
+def test_aggregate_curves_matches_hand_computed_mean_std_min_max(learning):
+    grid = np.array([1.0, 2.0, 3.0])
+    curves = [
+        ([1.0, 2.0, 3.0], [0.0, 2.0, 4.0]),
+        ([1.0, 2.0, 3.0], [2.0, 4.0, 10.0]),
+        ([1.0, 2.0], [math.nan, 6.0]),  # a seed without a value at 1 (no episode yet) and at 3 (shorter)
+    ]
+    stats = learning.aggregate_curves(curves, grid)
+    # At 1: seeds {0, 2}; at 2: {2, 4, 6}; at 3: {4, 10}. Population std: sqrt(mean of squared deviations).
+    np.testing.assert_array_equal(stats["count"], [2, 3, 2])
+    np.testing.assert_allclose(stats["mean"], [1.0, 4.0, 7.0])
+    np.testing.assert_allclose(stats["std"], [1.0, math.sqrt(8 / 3), 3.0])
+    np.testing.assert_allclose(stats["min"], [0.0, 2.0, 4.0])
+    np.testing.assert_allclose(stats["max"], [2.0, 6.0, 10.0])
+
+
+def test_aggregate_curves_leaves_points_without_any_value_nan(learning):
+    stats = learning.aggregate_curves([([1.0, 2.0], [math.nan, 1.0])] * 2, np.array([1.0, 2.0]))
+    assert math.isnan(stats["mean"][0]) and stats["count"][0] == 0
+    assert stats["mean"][1] == 1.0 and stats["std"][1] == 0.0
+
+
+def test_summarize_gives_the_final_returns_spread_over_seeds(learning):
+    records = [
+        {
+            "task": "Isaac-Cartpole",
+            "algorithm": "ppo",
+            "seed": seed,
+            "budget_frames": 300,
+            "num_envs": 4,
+            "final_return": final,
+            "wall_seconds": 10.0,
+            "train_seconds": [1.0, 2.0],
+        }
+        for seed, final in ((0, 1.0), (1, 2.0), (2, 6.0))
+    ]
+    (summary,) = learning.summarize(records)
+    assert summary["seeds"] == [0, 1, 2]
+    assert summary["final_mean"] == pytest.approx(3.0)
+    assert summary["final_std"] == pytest.approx(math.sqrt((4 + 1 + 9) / 3))
+    assert (summary["final_min"], summary["final_max"]) == (1.0, 6.0)
+    table = learning.summary_table([summary])
+    assert "3.00 ± 2.16" in table and "[1.00, 6.00]" in table
+    assert table.rstrip().split("|")[-2].strip() == "100"  # train fps: 300 frames over 3 s of training
+
+
+RSL_RL_REPORT = """
+################################################################################
+                             Learning iteration 0/2
+                            Total steps: 4096
+                        Collection time: 0.500s
+                          Learning time: 0.250s
+                        Mean value loss: 0.2410
+--------------------------------------------------------------------------------
+################################################################################
+                             Learning iteration 1/2
+                            Total steps: 8192
+                        Collection time: 0.300s
+                          Learning time: 0.100s
+                            Mean reward: -0.69
+                    Mean episode length: 24.57
+--------------------------------------------------------------------------------
+"""
+
+
+def test_parse_rsl_rl_output_reads_frames_returns_and_times_per_iteration(learning):
+    curve = learning.parse_rsl_rl_output(RSL_RL_REPORT)
+    assert curve["frames"] == [4096.0, 8192.0]
+    assert math.isnan(curve["returns"][0]) and curve["returns"][1] == -0.69  # no episode had ended at iteration 0
+    assert curve["train_seconds"] == pytest.approx([0.75, 0.4])
+
+
+def test_every_algorithm_gets_the_tasks_envs_and_frame_budget(learning, tmp_path):
+    for task in learning.TASKS.values():
+        commands = {algorithm: learning.case_command(task, algorithm, 1, tmp_path) for algorithm in learning.ALGORITHMS}
+        for algorithm in ("genpo", "trudi", "ppo"):
+            command = commands[algorithm]
+            assert f"recipes/{algorithm}_isaaclab.py" in command[1]
+            assert f"env.num_envs={task.num_envs}" in command and "seed=1" in command
+            assert f"collector.total_frames={task.total_frames}" in command
+            assert f"collector.steps_per_env={task.steps_per_env}" in command
+        rsl_rl = " ".join(commands["rsl_rl"])
+        assert str(task.num_envs) in rsl_rl and str(task.iterations) in rsl_rl and str(task.steps_per_env) in rsl_rl
+        assert ("isaaclab" in commands["rsl_rl"][0]) == (task.backend == "isaaclab")
+    display = learning.display_command(learning.case_command(learning.TASKS["cartpole"], "genpo", 0, tmp_path))
+    assert display.startswith("python recipes/genpo_isaaclab.py task=cartpole seed=0")
+    assert str(tmp_path) not in display
+
+
+@pytest.mark.slow
+def test_quick_json_has_one_record_per_case(tmp_path):
+    output = tmp_path / "learning.json"
+    command = [sys.executable, str(SCRIPT), "--quick", "--json", str(output), "--plots", str(tmp_path / "plots")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "final return" in result.stdout  # the printed table
+
+    report = json.loads(output.read_text())
+    assert {"cpu", "torch_threads", "device"} <= set(report["machine"])
+    (record,) = report["records"]
+    assert RECORD_FIELDS <= set(record), record
+    assert record["ok"] and record["algorithm"] == "ppo" and record["seed"] == 0
+    assert record["frames"][-1] == record["budget_frames"] == 8 * 32 * 3
+    assert len(record["returns"]) == len(record["frames"]) == 3
+    assert math.isfinite(record["final_return"])  # 50-step episodes end within the run
+    assert (tmp_path / "plots" / "learning_halfcheetah.png").stat().st_size > 0
