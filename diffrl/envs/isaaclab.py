@@ -50,14 +50,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from torchrl.envs import EnvBase, RenameTransform, TransformedEnv
 
-from diffrl.envs.offline_assets import OFFLINE_TASKS, build_offline_assets, is_offline_root
+from diffrl.envs.offline_assets import OFFLINE_TASKS, build_offline_assets, is_offline_root, stand_in_notes
 
 logger = logging.getLogger("diffrl.envs")
 
@@ -70,6 +71,9 @@ _PROBE_PATH = "Isaac/IsaacLab/Environments/Grid/default_ground_plane_checker_v1/
 _PROBE_TIMEOUT_S = 2.5
 # Modules that copy the asset root into constants and config defaults when imported.
 _ROOT_COPYING_MODULES = ("isaaclab.sim.spawners.from_files.from_files_cfg", "isaaclab_assets")
+# Files only a renderer reads (MDL materials, HDR skies): envs made here have no visualizer, so the
+# offline root need not hold them.
+_RENDER_ONLY_SUFFIXES = (".mdl", ".hdr")
 
 
 @dataclass(frozen=True)
@@ -80,10 +84,15 @@ class IsaacLabAssets:
         source: ``"official"`` (Isaac Lab's asset root: NVIDIA's server or ``$ISAACSIM_ASSET_ROOT``)
             or ``"offline"`` (diffrl's stand-ins; returns are comparable only with runs on them).
         root: the asset root the task's files were loaded from.
+        stand_ins: with offline assets, how each stand-in file differs from NVIDIA's (robot first).
+        config_changes: with offline assets, the changes made to the task's config so that it runs
+            on the stand-ins (e.g. Anymal-D's actuator network replaced by a DC motor model).
     """
 
     source: Literal["official", "offline"]
     root: str
+    stand_ins: tuple[str, ...] = field(default=(), compare=False)
+    config_changes: tuple[str, ...] = field(default=(), compare=False)
 
 
 def _configure_warp_cache() -> None:
@@ -179,7 +188,8 @@ def resolve_isaaclab_assets(task: str, assets: AssetsMode = "auto") -> IsaacLabA
         chosen = IsaacLabAssets(source="offline" if is_offline_root(official) else "official", root=official)
         why = "requested" if assets == "official" else "reachable"
     else:
-        chosen = IsaacLabAssets(source="offline", root=str(build_offline_assets()))
+        tasks = [task] if task in OFFLINE_TASKS else []
+        chosen = IsaacLabAssets(source="offline", root=str(build_offline_assets(tasks=tasks)))
         why = "requested" if assets == "offline" else f"{official} is unreachable"
     if chosen.source == "official":
         logger.info("Isaac Lab assets for %s: official, from %s (%s)", task, chosen.root, why)
@@ -193,6 +203,42 @@ def resolve_isaaclab_assets(task: str, assets: AssetsMode = "auto") -> IsaacLabA
         )
     _use_asset_root(chosen.root)
     return chosen
+
+
+def _anymal_simple_actuator(cfg: Any) -> str:
+    from isaaclab_assets.robots.anymal import ANYDRIVE_3_SIMPLE_ACTUATOR_CFG
+
+    cfg.scene.robot.actuators["legs"] = ANYDRIVE_3_SIMPLE_ACTUATOR_CFG
+    return (
+        "scene.robot.actuators['legs']: the ANYdrive 3 LSTM actuator network (anydrive_3_lstm_jit.pt, not "
+        "available offline) replaced by Isaac Lab's ANYDRIVE_3_SIMPLE_ACTUATOR_CFG (DC motor, stiffness 40, damping 5)"
+    )
+
+
+def _franka_driven_finger2(cfg: Any) -> str:
+    actuator = cfg.scene.robot.actuators["panda_finger2_passive"]
+    actuator.stiffness = None
+    actuator.damping = None
+    return (
+        "scene.robot.actuators['panda_finger2_passive']: stiffness/damping 0 -> the stand-in's authored drive "
+        "(2e3/1e2), since the stand-in has no mimic constraint to move the second finger"
+    )
+
+
+_STAND_IN_CONFIG_CHANGES: dict[str, tuple[Callable[[Any], str], ...]] = {
+    "Isaac-Velocity-Flat-AnymalD": (_anymal_simple_actuator,),
+    "Isaac-Velocity-Rough-AnymalD": (_anymal_simple_actuator,),
+    "Isaac-Reach-Franka": (_franka_driven_finger2,),
+    "Isaac-Lift-Franka": (_franka_driven_finger2,),
+}
+"""Per task, the config edits that make it run on its offline stand-in; each returns what it changed."""
+
+
+def _adapt_config_to_stand_ins(task: str, cfg: Any) -> tuple[str, ...]:
+    changes = tuple(change(cfg) for change in _STAND_IN_CONFIG_CHANGES.get(task, ()))
+    for change in changes:
+        logger.warning("%s config changed for its offline stand-in: %s", task, change)
+    return changes
 
 
 def _asset_files(node: Any, root: str, seen: set[int]) -> set[str]:
@@ -268,7 +314,13 @@ def make_isaaclab_env(
 
     cfg = parse_env_cfg(task, device=device, num_envs=num_envs)
     if chosen.source == "offline":
-        missing = sorted(path for path in _asset_files(cfg, chosen.root, set()) if not Path(path).is_file())
+        for note in stand_in_notes(task):
+            logger.warning("%s offline stand-in: %s", task, note)
+        chosen = dataclasses.replace(
+            chosen, stand_ins=stand_in_notes(task), config_changes=_adapt_config_to_stand_ins(task, cfg)
+        )
+        needed = _asset_files(cfg, chosen.root, set())
+        missing = sorted(p for p in needed if not p.endswith(_RENDER_ONLY_SUFFIXES) and not Path(p).is_file())
         if missing:
             raise FileNotFoundError(f"{task} needs files missing from the offline asset root: {', '.join(missing)}")
     cfg.seed = seed
