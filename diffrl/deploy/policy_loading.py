@@ -1,0 +1,229 @@
+"""Rebuild a trained policy (actor + observation normalizer) from what a run leaves on disk.
+
+A run directory (:func:`~diffrl.training.experiment.run_experiment`) holds ``config.yaml``,
+``policy.pt`` (the final actor, normalizer and resolved config) and ``checkpoints/checkpoint-…``
+(TorchRL checkpoints). :func:`load_policy` accepts any of them, or an MLflow run through
+:func:`download_policy`, and rebuilds the actor from the config exactly as training built it.
+
+Symbols: o the observation size, d the action dimension.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from tensordict.nn import TensorDictModuleBase
+from torchrl.checkpoint import Checkpoint, CheckpointError
+
+from diffrl.training.observation_normalizer import ObservationNormalizer
+
+logger = logging.getLogger("diffrl.deploy")
+
+POLICY_FILE = "policy.pt"
+CONFIG_FILE = "config.yaml"
+CHECKPOINTS_DIR = "checkpoints"
+RUN_INFO = "run.json"  # as diffrl.training.experiment.RUN_INFO
+
+
+@dataclass
+class LoadedPolicy:
+    """A trained actor with its observation normalizer and the config it was trained with.
+
+    Attributes:
+        actor: the TensorDict actor (``GenPOActor``, ``TruDiActor`` or the Gaussian ``ProbabilisticActor``),
+            in eval mode, on CPU.
+        observation_normalizer: the frozen running normalizer the actor saw observations through,
+            or ``None`` when the run did not normalize observations.
+        config: the run's resolved config (``algorithm``, ``env``, ...).
+        source: the file or checkpoint directory the weights came from.
+        run_dir: the run directory, when known (it holds ``run.json`` with the MLflow run).
+        obs_dim, action_dim: o and d.
+    """
+
+    actor: TensorDictModuleBase
+    observation_normalizer: ObservationNormalizer | None
+    config: dict[str, Any]
+    source: Path
+    run_dir: Path | None
+    obs_dim: int
+    action_dim: int
+
+    @property
+    def algorithm(self) -> str:
+        return str(self.config["algorithm"]["name"])
+
+    @property
+    def observation_key(self) -> str:
+        return str(self.config["env"]["observation_key"])
+
+    def normalize(self, observation: torch.Tensor) -> torch.Tensor:
+        """The observation as the actor saw it in training, [*B, o] → [*B, o] (identity without normalizer)."""
+        if self.observation_normalizer is None:
+            return observation
+        from tensordict import TensorDict
+
+        data = TensorDict({self.observation_key: observation}, batch_size=observation.shape[:-1])
+        # _stateful_norm applies the stored statistics without updating them.
+        return self.observation_normalizer._stateful_norm(data)[self.observation_key]
+
+
+def _infer_dims(actor_state: dict[str, torch.Tensor], source: Path) -> tuple[int, int]:
+    """(o, d) from the actor's weights: the velocity net's ``obs_in``/``half_in`` or the Gaussian's MLP and scale."""
+    obs_dim = action_dim = None
+    for key, value in actor_state.items():
+        if key.endswith("obs_in.weight"):
+            obs_dim = value.shape[1]
+        elif key.endswith("half_in.weight"):
+            action_dim = value.shape[1]
+        elif key.endswith("state_independent_scale"):
+            action_dim = value.shape[-1]
+        elif obs_dim is None and key.endswith(".weight") and value.ndim == 2 and "module.0.module.0." in key:
+            obs_dim = value.shape[1]  # the Gaussian mean MLP's first layer
+    if obs_dim is None or action_dim is None:
+        raise ValueError(f"{source}: cannot tell the observation and action sizes from the actor's weights")
+    return obs_dim, action_dim
+
+
+def _actor_dims(actor_cfg: Any, obs_dim: int, action_dim: int) -> dict[str, Any]:
+    """The sizes where the actor config expects them (its flow, or itself), as training passes them."""
+    if "flow" in actor_cfg:
+        return {"flow": {"action_dim": action_dim, "obs_dim": obs_dim}}
+    return {"action_dim": action_dim, "obs_dim": obs_dim}
+
+
+def _latest_checkpoint(checkpoints: Path) -> Path | None:
+    found = sorted(path for path in checkpoints.glob("checkpoint-*") if path.is_dir())
+    return found[-1] if found else None
+
+
+def _rebuild(
+    actor_state: dict[str, torch.Tensor],
+    normalizer_state: dict[str, Any] | None,
+    config: dict[str, Any],
+    source: Path,
+    run_dir: Path | None,
+) -> LoadedPolicy:
+    """The actor (and normalizer) the config builds, with the saved states loaded."""
+    dims = _infer_dims(actor_state, source)
+    actor_cfg = OmegaConf.create(config["algorithm"]["actor"])
+    observation_key = config["env"]["observation_key"]
+    actor = instantiate(actor_cfg, observation_key=observation_key, **_actor_dims(actor_cfg, *dims))
+    normalizer = None
+    try:
+        actor.load_state_dict(actor_state)
+        if config["algorithm"]["trainer"].get("normalize_observations", False):
+            if normalizer_state is None:
+                raise ValueError("the config normalizes observations but no normalizer statistics were saved")
+            # As OnPolicyTrainer builds it.
+            normalizer = ObservationNormalizer(in_keys=[observation_key], decay=1.0, reduce_batch_dims=True)
+            with warnings.catch_warnings():  # "VecNorm wasn't initialized": irrelevant in one process
+                warnings.filterwarnings("ignore", message="VecNorm wasn't initialized")
+                normalizer.load_state_dict(normalizer_state)
+            normalizer.freeze()
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise ValueError(f"{source} does not match its config: {error}") from error
+    actor.eval()
+    logger.info("loaded %s policy from %s", config["algorithm"]["name"], source)
+    return LoadedPolicy(actor, normalizer, config, source, run_dir, *dims)
+
+
+def _load_policy_file(path: Path) -> LoadedPolicy:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several kinds for a truncated or foreign file
+        raise ValueError(f"cannot read the policy file {path}: {error}") from error
+    if not isinstance(saved, dict) or not {"actor", "config"} <= saved.keys():
+        raise ValueError(f"{path} is not a diffrl policy file (expected the keys 'actor' and 'config')")
+    run_dir = path.parent if (path.parent / RUN_INFO).exists() else None
+    return _rebuild(saved["actor"], saved.get("observation_normalizer"), saved["config"], path, run_dir)
+
+
+class _StateReceiver:
+    """A checkpoint component that only receives the saved state dict (read before the actor exists)."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+
+def _load_checkpoint(path: Path) -> LoadedPolicy:
+    if not Checkpoint.is_checkpoint(path):
+        raise ValueError(f"{path} is not a TorchRL checkpoint (no readable manifest): corrupted or wrong path")
+    run_dir = path.resolve().parent.parent
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.exists():
+        raise ValueError(f"checkpoint {path} has no {CONFIG_FILE} two levels up ({config_path}): cannot rebuild it")
+    config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    actor, normalizer = _StateReceiver(), _StateReceiver()
+    try:
+        result = Checkpoint(actor=actor, observation_normalizer=normalizer, strict="ignore").load(
+            path, components=["actor", "observation_normalizer"], map_location="cpu"
+        )
+    except (CheckpointError, RuntimeError, KeyError, ValueError, OSError) as error:
+        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
+    if actor.state is None:
+        raise ValueError(f"checkpoint {path} has no actor component (found {sorted(result.unrequested)})")
+    return _rebuild(actor.state, normalizer.state, config, path, run_dir)
+
+
+def load_policy(path: str | os.PathLike) -> LoadedPolicy:
+    """Rebuild the actor and observation normalizer of a training run.
+
+    Args:
+        path: a run directory (its ``policy.pt``, else its latest checkpoint), a ``policy.pt``
+            file, or a checkpoint directory ``<run_dir>/checkpoints/checkpoint-…`` (the config is
+            read from ``<run_dir>/config.yaml``).
+
+    Raises:
+        ValueError: a missing, unreadable or inconsistent file, naming it.
+
+    Example:
+        >>> load_policy("/nonexistent/run")
+        Traceback (most recent call last):
+        ...
+        ValueError: /nonexistent/run does not exist
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
+    if path.is_file():
+        return _load_policy_file(path)
+    if (path / POLICY_FILE).is_file():
+        return _load_policy_file(path / POLICY_FILE)
+    if (path / CHECKPOINTS_DIR).is_dir():
+        latest = _latest_checkpoint(path / CHECKPOINTS_DIR)
+        if latest is None:
+            raise ValueError(f"run directory {path} has neither {POLICY_FILE} nor a checkpoint in {CHECKPOINTS_DIR}/")
+        logger.info("%s has no %s: using its latest checkpoint %s", path, POLICY_FILE, latest.name)
+        return _load_checkpoint(latest)
+    if (path / "components").is_dir() or path.name.startswith("checkpoint-"):
+        return _load_checkpoint(path)
+    raise ValueError(f"{path} is neither a run directory (no {POLICY_FILE}, no {CHECKPOINTS_DIR}/) nor a checkpoint")
+
+
+def download_policy(run_id: str, tracking_uri: str, destination: str | os.PathLike | None = None) -> Path:
+    """Download the ``policy.pt`` artifact of an MLflow run; returns its local path."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    destination = Path(destination) if destination is not None else Path(tempfile.mkdtemp(prefix="diffrl-policy-"))
+    destination.mkdir(parents=True, exist_ok=True)
+    try:
+        local = MlflowClient(tracking_uri).download_artifacts(run_id, POLICY_FILE, os.fspath(destination))
+    except MlflowException as error:
+        raise ValueError(f"MLflow run {run_id} in {tracking_uri} has no {POLICY_FILE} artifact: {error}") from error
+    return Path(local)

@@ -1,0 +1,61 @@
+"""MLflow child runs of a training run: where evaluations and exports are recorded."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+from diffrl.deploy.policy_loading import RUN_INFO
+
+logger = logging.getLogger("diffrl.deploy")
+
+
+@contextmanager
+def child_run(run_dir: str | Path, kind: str) -> Iterator[mlflow.ActiveRun]:
+    """An active MLflow run nested under the run directory's training run, in the same store.
+
+    The child is created in the training run's experiment with the tags ``mlflow.parentRunId``
+    and ``diffrl.source_run`` (the training run's id) and ``diffrl.kind`` (``kind``), so the
+    MLflow UI shows it under its training run; the training run itself is left untouched.
+    MLflow's fluent API (``mlflow.log_metric``, ``mlflow.onnx.log_model``) writes to it inside the
+    ``with`` block; the global tracking URI is restored afterwards.
+
+    Example:
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> from diffrl.training.tracking import MLflowTracker, default_tracking_uri
+        >>> with tempfile.TemporaryDirectory() as run_dir:
+        ...     parent = MLflowTracker(default_tracking_uri(run_dir), experiment="demo")
+        ...     info = {"mlflow_run_id": parent.run_id, "tracking_uri": parent.tracking_uri}
+        ...     _ = (Path(run_dir) / "run.json").write_text(json.dumps(info))
+        ...     with child_run(run_dir, "evaluation") as run:
+        ...         mlflow.log_metric("return_mean", 1.0)
+        ...     run.data.tags["mlflow.parentRunId"] == parent.run_id
+        True
+    """
+    info_path = Path(run_dir) / RUN_INFO
+    if not info_path.exists():
+        raise ValueError(f"{info_path} does not exist: no MLflow run to attach the {kind} to")
+    info = json.loads(info_path.read_text())
+    parent_id, tracking_uri = info["mlflow_run_id"], info["tracking_uri"]
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_id)
+    child = client.create_run(
+        parent.info.experiment_id,
+        run_name=f"{kind}-{parent.info.run_name}",
+        tags={"mlflow.parentRunId": parent_id, "diffrl.source_run": parent_id, "diffrl.kind": kind},
+    )
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run(run_id=child.info.run_id) as run:
+            logger.info("MLflow %s run %s under training run %s in %s", kind, run.info.run_id, parent_id, tracking_uri)
+            yield run
+    finally:
+        mlflow.set_tracking_uri(previous_uri)

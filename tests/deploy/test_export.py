@@ -1,0 +1,258 @@
+"""Exported GenPO, TruDi and Gaussian policies act as the torch actors do, without diffrl or torchrl.
+
+The reference is the library's own path, independent of the exporter: the run's observation
+normalizer applied as a transform, then the actor's ``forward`` (its own sampler) with
+``torch.randn`` made to return the same noise the exported model is given.
+
+Tolerance 1e-5: float32 round-off through a few unrolled network passes (seen ≤ 3e-6 with
+onnxruntime, ≤ 1e-6 with TorchScript), far below any real mismatch (a wrong step, time or
+normalization moves actions by ≥ 1e-2). TruDi's epsilon parameterization divides by √ᾱ_K
+(x̂_0 = (x_K − √(1−ᾱ_K) ε̂)/√ᾱ_K; 1/√ᾱ_K ≈ 64 for the cosine schedule with K = 3), which amplifies every
+float32 round-off by that factor: the torch actor itself is 4e-5 away from a float64 computation.
+Its tolerance is 1e-5/√ᾱ_K (seen: 2.4e-5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.envs import TransformedEnv
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from diffrl.deploy.export import CONTRACT_FILE, FILE_NAMES, export_policy, normalization_affine
+from diffrl.deploy.policy_loading import LoadedPolicy, load_policy
+from diffrl.envs.gym import make_gym_env
+from diffrl.modules.gaussian_actor import make_gaussian_actor
+from diffrl.modules.genpo_actor import GenPOActor
+from diffrl.modules.genpo_flow import GenPOFlow
+from diffrl.modules.trudi_actor import TruDiActor
+from diffrl.training.observation_normalizer import ObservationNormalizer
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+OBS_DIM, ACTION_DIM = 17, 6  # HalfCheetah-v5, whose observations fill the normalizer
+TOLERANCE = 1e-5
+BATCH = 64  # not the exporter's example batch (3): the batch axis must be dynamic
+
+
+def make_actor(kind: str):
+    torch.manual_seed(1)
+    if kind == "genpo":
+        return GenPOActor(GenPOFlow(ACTION_DIM, OBS_DIM, num_steps=3, hidden_sizes=[32, 32]))
+    if kind == "trudi":  # the recipe's settings, plus tanh squash and learned stds
+        return TruDiActor(ACTION_DIM, OBS_DIM, num_steps=4, hidden_sizes=[32], parameterization="mean", min_std=0.5,
+                          squash=True, learn_std=True)  # fmt: skip
+    if kind == "trudi_ddim":  # epsilon prediction with clipped x̂_0, DDIM variances
+        return TruDiActor(ACTION_DIM, OBS_DIM, num_steps=3, hidden_sizes=[32], schedule="ddim", ddim_eta=0.5)
+    return make_gaussian_actor(ACTION_DIM, OBS_DIM, hidden_sizes=[32], init_std=0.7)
+
+
+KINDS = ["genpo", "trudi", "trudi_ddim", "gaussian"]
+ALGORITHMS = {"genpo": "genpo", "trudi": "trudi", "trudi_ddim": "trudi", "gaussian": "ppo"}
+
+
+@pytest.fixture(scope="module")
+def normalizer() -> ObservationNormalizer:
+    normalizer = ObservationNormalizer(in_keys=["observation"], decay=1.0, reduce_batch_dims=True)
+    env = TransformedEnv(make_gym_env("HalfCheetah-v5", num_envs=4, seed=0), normalizer)
+    env.rollout(20, break_when_any_done=False)
+    env.close()
+    return normalizer.freeze()
+
+
+def loaded_policy(kind: str, normalizer: ObservationNormalizer | None) -> LoadedPolicy:
+    config = {
+        "algorithm": {"name": ALGORITHMS[kind], "actor": {}},
+        "env": {"task": "HalfCheetah-v5", "backend": "mujoco", "observation_key": "observation"},
+    }
+    return LoadedPolicy(make_actor(kind).eval(), normalizer, config, Path("test"), None, OBS_DIM, ACTION_DIM)
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def exported(request, normalizer, tmp_path_factory):
+    """Each actor exported once to both formats."""
+    policy = loaded_policy(request.param, normalizer)
+    result = export_policy(policy, tmp_path_factory.mktemp(request.param), log_to_mlflow=False)
+    return request.param, policy, result
+
+
+def tolerance(actor) -> float:
+    """1e-5, times the epsilon parameterization's round-off amplification 1/√ᾱ_K (module docstring)."""
+    if isinstance(actor, TruDiActor) and actor.chain.parameterization == "epsilon":
+        return TOLERANCE / float(actor.chain.schedule.alphas_cumprod[-1].sqrt())
+    return TOLERANCE
+
+
+def reference_actions(policy: LoadedPolicy, observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The actor's own forward on normalized observations, its torch.randn draws replaced by ``noise``."""
+    td = TensorDict({"observation": policy.normalize(observation)}, batch_size=observation.shape[:1])
+    actor, batch = policy.actor, observation.shape[0]
+    if isinstance(actor, GenPOActor | TruDiActor):
+        if isinstance(actor, GenPOActor):
+            draws = [noise]
+        else:  # DenoisingChain.sample draws x_K [B, d], then the step noises [K, B, d]
+            draws = [noise[:, :ACTION_DIM], noise[:, ACTION_DIM:].reshape(batch, actor.num_steps, -1).movedim(1, 0)]
+        original = torch.randn
+
+        def injected(*shape, **kwargs):
+            draw = draws.pop(0)
+            assert tuple(draw.shape) == tuple(shape[0] if len(shape) == 1 else shape)
+            return draw.clone()
+
+        torch.randn = injected
+        try:
+            actor(td)
+        finally:
+            torch.randn = original
+        assert not draws
+        return td["action"]
+    # The Gaussian's sample is loc + scale · ε: read loc and scale off the actor itself.
+    actor(td)
+    return td["loc"] + td["scale"] * noise
+
+
+def inputs(policy_noise_dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    observation = 2.0 * torch.randn(BATCH, OBS_DIM, generator=generator)
+    return observation, torch.randn(BATCH, policy_noise_dim, generator=generator)
+
+
+def noise_dim(result) -> int:
+    return result.contract["inputs"][1]["shape"][1]
+
+
+def run_onnx(path: Path, observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    (action,) = session.run(["action"], {"observation": observation.numpy(), "noise": noise.numpy()})
+    return torch.from_numpy(action)
+
+
+def run_torchscript(path: Path, observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    return torch.jit.load(os.fspath(path))(observation, noise)
+
+
+RUNNERS = {"onnx": run_onnx, "torchscript": run_torchscript}
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exported_policy_matches_the_actor_driven_by_the_same_noise(exported, fmt):
+    kind, policy, result = exported
+    observation, noise = inputs(noise_dim(result), seed=2)
+    expected = reference_actions(policy, observation, noise)
+    actual = RUNNERS[fmt](result.files[fmt], observation, noise)
+    assert actual.shape == (BATCH, ACTION_DIM)
+    assert (actual - expected).abs().max() <= tolerance(policy.actor), (
+        f"{kind} {fmt}: {(actual - expected).abs().max():.2e}"
+    )
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_zero_noise_gives_the_deterministic_action(exported, fmt):
+    kind, policy, result = exported
+    observation, _ = inputs(noise_dim(result), seed=3)
+    td = TensorDict({"observation": policy.normalize(observation)}, batch_size=[BATCH])
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        expected = policy.actor(td)["action"]
+    actual = RUNNERS[fmt](result.files[fmt], observation, torch.zeros(BATCH, noise_dim(result)))
+    assert (actual - expected).abs().max() <= tolerance(policy.actor), kind
+
+
+def test_baked_normalization_matches_the_normalizer(normalizer):
+    policy = loaded_policy("genpo", normalizer)
+    loc, scale = normalization_affine(policy)
+    observation = 3.0 * torch.randn(256, OBS_DIM, generator=torch.Generator().manual_seed(4))
+    expected = policy.normalize(observation)
+    assert not torch.allclose(expected, observation, atol=0.1)  # the statistics are not an identity
+    # A few float32 ulps: normalized values reach ~50 here (observations far outside the statistics).
+    torch.testing.assert_close((observation - loc) / scale, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_contract_names_shapes_and_normalizer(exported):
+    kind, _, result = exported
+    contract = json.loads(result.contract_path.read_text())
+    assert result.contract_path.name == CONTRACT_FILE
+    assert contract["files"] == FILE_NAMES
+    assert [(io["name"], io["dtype"]) for io in contract["inputs"]] == [
+        ("observation", "float32"),
+        ("noise", "float32"),
+    ]
+    assert contract["inputs"][0]["shape"] == ["batch", OBS_DIM]
+    expected_noise = {"genpo": 2 * ACTION_DIM, "trudi": 5 * ACTION_DIM, "trudi_ddim": 4 * ACTION_DIM}
+    assert contract["inputs"][1]["shape"] == ["batch", expected_noise.get(kind, ACTION_DIM)]
+    assert contract["outputs"] == [{**contract["outputs"][0], "name": "action", "shape": ["batch", ACTION_DIM]}]
+    assert contract["action"]["range"] == ([-1.0, 1.0] if kind == "trudi" else None)
+    assert len(contract["observation_normalizer"]["loc"]) == OBS_DIM
+    session = onnxruntime.InferenceSession(os.fspath(result.files["onnx"]), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["observation", "noise"]
+    assert [o.name for o in session.get_outputs()] == ["action"]
+
+
+ONNX_ONLY = """
+    import sys
+    import numpy as np
+    import onnxruntime
+    session = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+    data = np.load(sys.argv[2])
+    (action,) = session.run(None, {"observation": data["observation"], "noise": data["noise"]})
+    np.save(sys.argv[3], action)
+    assert not {"diffrl", "torchrl", "tensordict", "torch"} & set(sys.modules), sorted(sys.modules)
+"""
+TORCH_ONLY = """
+    import sys
+    import numpy as np
+    import torch
+    policy = torch.jit.load(sys.argv[1])
+    data = np.load(sys.argv[2])
+    action = policy(torch.from_numpy(data["observation"]), torch.from_numpy(data["noise"]))
+    np.save(sys.argv[3], action.numpy())
+    assert not {"diffrl", "torchrl", "tensordict"} & set(sys.modules), sorted(sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("fmt", "script"), [("onnx", ONNX_ONLY), ("torchscript", TORCH_ONLY)])
+def test_exported_policy_runs_without_diffrl_or_torchrl(exported, fmt, script, tmp_path):
+    kind, policy, result = exported
+    if kind not in ("genpo", "trudi"):
+        pytest.skip("one flow and one chain suffice: the runtime needs are the same")
+    observation, noise = inputs(noise_dim(result), seed=5)
+    np.savez(tmp_path / "inputs.npz", observation=observation.numpy(), noise=noise.numpy())
+    command = [sys.executable, "-I", "-c", textwrap.dedent(script), os.fspath(result.files[fmt])]
+    command += [os.fspath(tmp_path / "inputs.npz"), os.fspath(tmp_path / "action.npy")]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    action = torch.from_numpy(np.load(tmp_path / "action.npy"))
+    assert (action - reference_actions(policy, observation, noise)).abs().max() <= tolerance(policy.actor)
+
+
+def test_unknown_format_is_a_clear_error(normalizer):
+    with pytest.raises(ValueError, match=r"unknown export format.*'tflite'.*choose from \['onnx', 'torchscript'\]"):
+        export_policy(loaded_policy("genpo", normalizer), formats=["onnx", "tflite"], log_to_mlflow=False)
+
+
+def test_missing_or_corrupted_sources_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_policy(tmp_path / "nowhere")
+    (tmp_path / "empty_run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"neither policy\.pt nor a checkpoint"):
+        load_policy(tmp_path / "empty_run")
+    broken = tmp_path / "broken_run"
+    (broken / "checkpoints" / "checkpoint-000000000010").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"checkpoint-000000000010 is not a TorchRL checkpoint"):
+        load_policy(broken)
+    (broken / "policy.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"cannot read the policy file .*broken_run/policy.pt"):
+        load_policy(broken)
+    torch.save({"something": 1}, broken / "policy.pt")
+    with pytest.raises(ValueError, match="is not a diffrl policy file"):
+        load_policy(broken / "policy.pt")
+    with pytest.raises(ValueError, match="neither a run directory"):
+        load_policy(tmp_path)
