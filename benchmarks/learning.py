@@ -439,10 +439,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         seeds = args.seeds or [0]
     else:
         tasks = [TASKS[key] for key in (args.task or ["cartpole", "halfcheetah", "ant"])]
-    if args.iterations is not None:
-        tasks = [dataclasses.replace(task, iterations=args.iterations) for task in tasks]
         algorithms = args.algorithms or list(ALGORITHMS)
         seeds = args.seeds if args.seeds is not None else [0, 1, 2]
+    if args.iterations is not None:
+        tasks = [dataclasses.replace(task, iterations=args.iterations) for task in tasks]
     temporary = tempfile.TemporaryDirectory() if args.quick and args.out is None else None
     out = Path(temporary.name) if temporary is not None else (args.out or DEFAULT_OUT)
     machine = machine_description(torch.device("cpu"))
