@@ -340,6 +340,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     summaries = []
     for (task, algorithm), group in groups.items():
         finals = np.array([record["final_return"] for record in group], dtype=float)
+        half = np.array([group[0]["budget_frames"] / 2])
+        halves = np.array([on_grid(record["frames"], record["returns"], half)[0] for record in group])
         summaries.append(
             {
                 "task": task,
@@ -351,6 +353,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "final_std": float(np.std(finals)),
                 "final_min": float(np.min(finals)),
                 "final_max": float(np.max(finals)),
+                "half_budget_mean": float(np.mean(halves)),
+                "half_budget_std": float(np.std(halves)),
                 "wall_seconds_mean": float(np.mean([record["wall_seconds"] for record in group])),
                 "train_seconds_mean": float(np.mean([np.nansum(record["train_seconds"]) for record in group])),
             }
@@ -366,6 +370,7 @@ def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
             len(s["seeds"]),
             s["num_envs"],
             f"{s['frames']:,}",
+            f"{s['half_budget_mean']:.2f} ± {s['half_budget_std']:.2f}",
             f"{s['final_mean']:.2f} ± {s['final_std']:.2f}",
             f"[{s['final_min']:.2f}, {s['final_max']:.2f}]",
             f"{s['wall_seconds_mean']:.0f}",
@@ -373,7 +378,18 @@ def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
         )
         for s in summaries
     ]
-    header = ("task", "algorithm", "seeds", "envs", "frames", "final return", "[min, max]", "wall s/run", "train fps")
+    header = (
+        "task",
+        "algorithm",
+        "seeds",
+        "envs",
+        "frames",
+        "return at half",
+        "final return",
+        "[min, max]",
+        "wall s/run",
+        "train fps",
+    )
     return format_table(rows, header)
 
 
@@ -423,6 +439,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2")
     parser.add_argument("--out", type=Path, help=f"case directories (default {DEFAULT_OUT.relative_to(REPO)})")
     parser.add_argument("--resume", action="store_true", help="skip cases whose case.json says they finished")
+    parser.add_argument(
+        "--collect-only", action="store_true", help="run nothing: tables, plots and JSON of the finished cases"
+    )
     parser.add_argument("--plots", type=Path, help="write one learning-curve PNG per task into this directory")
     parser.add_argument("--iterations", type=int, help="iterations per case instead of the task's budget (smoke tests)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per case")
@@ -455,7 +474,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             for task in tasks:
                 for algorithm in algorithms:
                     label = f"{task.env_id} {algorithm} seed {seed}"
-                    record = load_case(out, task, algorithm, seed) if args.resume else None
+                    record = load_case(out, task, algorithm, seed) if args.resume or args.collect_only else None
+                    if record is None and args.collect_only:
+                        print(f"not finished: {label}", flush=True)
+                        continue
                     if record is None:
                         print(f"running: {label} ({task.total_frames} frames)", flush=True)
                         record = run_case(task, algorithm, seed, out, args.timeout)
