@@ -15,20 +15,21 @@ from torchrl.envs.utils import check_env_specs
 
 from diffrl.envs.offline_assets import OFFLINE_TASKS, stand_in_notes
 
-NUM_ENVS = 4
+NUM_ENVS = 16
 STEPS = 8
 CONFIG_DIR = Path(__file__).parents[2] / "recipes" / "config"
 
 # Preset -> (task id, a config change the record must name or None, obs dim, action dim): the
 # dims are the tasks' own (the stand-ins have the same joints).
+# Cartpole with 16 envs comes last: the session cache then holds the env other test files reuse.
 TASKS = {
-    "cartpole": ("Isaac-Cartpole", None, 4, 1),
     "ant": ("Isaac-Ant", None, 60, 8),
     "humanoid": ("Isaac-Humanoid", None, 87, 21),
     "anymal_d_flat": ("Isaac-Velocity-Flat-AnymalD", "ANYDRIVE_3_SIMPLE_ACTUATOR_CFG", 48, 12),
     "h1": ("Isaac-Velocity-Flat-H1", None, 69, 19),
     "go2": ("Isaac-Velocity-Flat-UnitreeGo2", None, 48, 12),
     "franka_reach": ("Isaac-Reach-Franka", "panda_finger2_passive", 32, 7),
+    "cartpole": ("Isaac-Cartpole", None, 4, 1),
 }
 
 
@@ -46,6 +47,8 @@ def test_task_runs_offline_and_steps_finite(isaaclab_env, preset):
         assert record.config_changes == ()
     else:
         assert any(change in line for line in record.config_changes), record.config_changes
+    if preset == "anymal_d_flat":  # the change recorded is the one that ran
+        assert type(env.base_env.unwrapped.cfg.scene.robot.actuators["legs"]).__name__ == "DCMotorCfg"
     with torch.no_grad():
         rollout = env.rollout(STEPS, break_when_any_done=False)
     assert rollout["observation"].shape == (NUM_ENVS, STEPS, obs_dim)
@@ -105,3 +108,69 @@ def test_unknown_task_preset_is_rejected_listing_the_presets():
     with pytest.raises(MissingConfigException) as error:
         _compose("genpo_isaaclab", ["task=anymal"])
     assert "anymal_d_flat" in str(error.value) and "franka_reach" in str(error.value)
+
+
+def _stage(root: Path, asset):
+    from pxr import Usd
+
+    stage = Usd.Stage.Open(str(root / asset.path))
+    assert stage.GetDefaultPrim().IsValid(), f"{asset.path} has no valid default prim (Isaac Lab references it)"
+    return stage
+
+
+def test_light_tasks_build_without_the_converter(tmp_path, monkeypatch):
+    import diffrl.envs.offline_assets as offline
+
+    def no_converter(files):
+        raise AssertionError(f"Cartpole/Ant/Humanoid must not convert anything ({files.describe()})")
+
+    monkeypatch.setattr(offline, "convert", no_converter)
+    root = offline.build_offline_assets(tmp_path / "root", tasks=["Isaac-Cartpole", "Isaac-Ant", "Isaac-Humanoid"])
+    from pxr import UsdPhysics
+
+    humanoid = _stage(root, offline.HUMANOID)  # kept: a traversal must not outlive its stage
+    joints = {p.GetName() for p in humanoid.Traverse() if p.IsA(UsdPhysics.Joint)}
+    assert {"pelvis", "left_shin", "right_shin", "left_lower_arm", "right_lower_arm"} <= joints
+    assert not {"abdomen_x", "left_knee", "right_elbow"} & joints
+
+
+def test_converted_robots_match_the_names_and_structure_the_tasks_address(tmp_path):
+    from pxr import UsdPhysics
+
+    import diffrl.envs.offline_assets as offline
+
+    root = offline.build_offline_assets(tmp_path / "root", tasks=["Isaac-Cartpole"])
+    cartpole = root / offline.CARTPOLE.path
+    built_at = cartpole.stat().st_mtime_ns
+    # Adding tasks keeps the files that are current.
+    tasks = ["Isaac-Velocity-Flat-UnitreeGo2", "Isaac-Velocity-Flat-AnymalD", "Isaac-Velocity-Flat-H1"]
+    offline.build_offline_assets(root, tasks=[*tasks, "Isaac-Reach-Franka"])
+    assert cartpole.stat().st_mtime_ns == built_at
+    marker = (root / ".diffrl_offline_assets.json").read_text()
+    assert "genesis-world==1.4.5" in marker and "playground==0.2.0" in marker and "urdf-usd-converter==0.3.4" in marker
+
+    expected = {
+        offline.GO2: ({"FL_hip_joint", "RR_calf_joint"}, {"base", "FL_foot", "RR_calf"}),
+        offline.ANYMAL_D: ({"LF_HAA", "RH_KFE"}, {"base", "LF_FOOT", "RH_SHANK"}),
+        offline.H1_MINIMAL: ({"torso", "left_ankle", "right_elbow"}, {"pelvis", "torso_link", "left_ankle_link"}),
+    }
+    for asset, (joint_names, body_names) in expected.items():
+        stage = _stage(root, asset)
+        robot = stage.GetDefaultPrim()
+        joints = [p for p in stage.Traverse() if p.IsA(UsdPhysics.Joint)]
+        assert joint_names <= {p.GetName() for p in joints}, asset.path
+        # Bodies are children of the robot prim (Robot/<body>) and the base floats (no world joint).
+        children = {c.GetName() for c in robot.GetChildren() if c.HasAPI(UsdPhysics.RigidBodyAPI)}
+        assert body_names <= children, asset.path
+        assert all(UsdPhysics.Joint(p).GetBody0Rel().GetTargets() for p in joints), asset.path
+        for joint in joints:  # no revolute joint is locked (ANYmal-C's URDF gives none limits)
+            if joint.IsA(UsdPhysics.RevoluteJoint):
+                lower, upper = (joint.GetAttribute(f"physics:{k}Limit").Get() for k in ("lower", "upper"))
+                assert upper > lower, (asset.path, joint.GetName())
+
+    panda = _stage(root, offline.FRANKA)
+    prims = {p.GetName(): p for p in panda.Traverse()}
+    assert "panda_link8" not in prims and "panda_hand" in prims
+    assert str(prims["panda_rightfinger"].GetPath()).endswith("panda_link7/panda_hand/panda_rightfinger")
+    for name in ("panda_joint1", "panda_joint7", "panda_finger_joint2"):
+        assert prims[name].HasAPI(UsdPhysics.DriveAPI), name
