@@ -93,7 +93,7 @@ TASKS: dict[str, TaskSpec] = {
         "isaaclab",
         num_envs=128,
         steps_per_env=32,
-        iterations=30,
+        iterations=24,
         overrides={"ppo": ["algorithm.loss.entropy_coeff=0"]},
     ),
     # The preset's 64 envs x 32 steps, with 200-step episodes instead of 1000: within a CPU budget of
@@ -101,7 +101,7 @@ TASKS: dict[str, TaskSpec] = {
     # terminations), leaving one point on the curve. Returns are not comparable with published
     # (1000-step) HalfCheetah numbers.
     "halfcheetah": TaskSpec(
-        "halfcheetah", "HalfCheetah-v5", "mujoco", num_envs=64, steps_per_env=32, iterations=48, max_episode_steps=200
+        "halfcheetah", "HalfCheetah-v5", "mujoco", num_envs=64, steps_per_env=32, iterations=40, max_episode_steps=200
     ),
 }
 # Episodes of 50 steps so that the tiny run finishes some (plumbing only; not a result).
