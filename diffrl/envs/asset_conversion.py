@@ -115,10 +115,14 @@ def fetch_wheel(distribution: str, version: str, cache: Path) -> Path:
     return found[0]
 
 
+def converter_pins_key() -> str:
+    """A short hash of :data:`CONVERTER_REQUIREMENTS` (names the environment; part of each file's recipe)."""
+    return hashlib.sha256("\n".join(CONVERTER_REQUIREMENTS).encode()).hexdigest()[:12]
+
+
 def converter_environment(cache: Path) -> Path:
     """The ``bin`` folder of a virtual environment holding :data:`CONVERTER_REQUIREMENTS` (made once)."""
-    key = hashlib.sha256("\n".join(CONVERTER_REQUIREMENTS).encode()).hexdigest()[:12]
-    venv = cache / f"converters-{key}"
+    venv = cache / f"converters-{converter_pins_key()}"
     bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
     stamp = venv / ".complete"
     if stamp.is_file():

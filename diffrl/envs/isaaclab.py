@@ -41,6 +41,7 @@ then on: make the first env before importing ``isaaclab_tasks``, ``isaaclab_asse
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import logging
@@ -183,12 +184,15 @@ def resolve_isaaclab_assets(task: str, assets: AssetsMode = "auto") -> IsaacLabA
     if assets not in ("auto", "official", "offline"):
         raise ValueError(f"assets must be 'auto', 'official' or 'offline', got {assets!r}")
     official = _official_root()
+    tasks = [task] if task in OFFLINE_TASKS else []
     if assets == "official" or (assets == "auto" and _root_reachable(official)):
-        # ISAACSIM_ASSET_ROOT may itself name a root this builder made.
-        chosen = IsaacLabAssets(source="offline" if is_offline_root(official) else "official", root=official)
+        # ISAACSIM_ASSET_ROOT may itself name a root this builder made: it gets the task's files.
+        if is_offline_root(official):
+            chosen = IsaacLabAssets(source="offline", root=str(build_offline_assets(official, tasks=tasks)))
+        else:
+            chosen = IsaacLabAssets(source="official", root=official)
         why = "requested" if assets == "official" else "reachable"
     else:
-        tasks = [task] if task in OFFLINE_TASKS else []
         chosen = IsaacLabAssets(source="offline", root=str(build_offline_assets(tasks=tasks)))
         why = "requested" if assets == "offline" else f"{official} is unreachable"
     if chosen.source == "official":
@@ -208,7 +212,7 @@ def resolve_isaaclab_assets(task: str, assets: AssetsMode = "auto") -> IsaacLabA
 def _anymal_simple_actuator(cfg: Any) -> str:
     from isaaclab_assets.robots.anymal import ANYDRIVE_3_SIMPLE_ACTUATOR_CFG
 
-    cfg.scene.robot.actuators["legs"] = ANYDRIVE_3_SIMPLE_ACTUATOR_CFG
+    cfg.scene.robot.actuators["legs"] = copy.deepcopy(ANYDRIVE_3_SIMPLE_ACTUATOR_CFG)
     return (
         "scene.robot.actuators['legs']: the ANYdrive 3 LSTM actuator network (anydrive_3_lstm_jit.pt, not "
         "available offline) replaced by Isaac Lab's ANYDRIVE_3_SIMPLE_ACTUATOR_CFG (DC motor, stiffness 40, damping 5)"

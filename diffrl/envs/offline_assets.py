@@ -55,6 +55,7 @@ from diffrl.envs.asset_conversion import (
     WheelFiles,
     author_joint_drives,
     convert,
+    converter_pins_key,
     drop_elements,
     drop_link,
     flatten_bodies,
@@ -112,7 +113,8 @@ class OfflineAsset:
             version = importlib.metadata.version(self.source.distribution)
             source = f"{self.source.distribution}=={version}:{self.source.path}"
         elif isinstance(self.source, WheelFiles):
-            source = f"{self.source.describe()} converted with {', '.join(CONVERTER_REQUIREMENTS[:2])}"
+            converters = ", ".join(CONVERTER_REQUIREMENTS[:2])
+            source = f"{self.source.describe()} converted by {converters} (pins {converter_pins_key()})"
         else:
             source = "authored text sha256:" + hashlib.sha256(self.source.encode()).hexdigest()[:16]
         return {"version": _BUILD_VERSION, "source": source, "note": self.note}
