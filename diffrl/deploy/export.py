@@ -43,7 +43,8 @@ import torch
 from torch import nn
 from torchrl.modules import ProbabilisticActor
 
-from diffrl.deploy.policy_loading import RUN_INFO, LoadedPolicy, load_policy
+from diffrl.deploy.policy_loading import LoadedPolicy, load_policy
+from diffrl.deploy.tracking import child_run, source_run
 from diffrl.modules.genpo_actor import GenPOActor
 from diffrl.modules.genpo_flow import GenPOFlow
 from diffrl.modules.trudi_actor import TruDiActor
@@ -343,19 +344,20 @@ def export_policy(
     contract_path.write_text(json.dumps(contract, indent=2))
 
     run_id = None
-    if log_to_mlflow and loaded.run_dir is not None and (loaded.run_dir / RUN_INFO).exists():
-        run_id = _log_to_mlflow(loaded.run_dir, files, contract_path, policy)
+    parent = source_run(loaded.run_dir) if log_to_mlflow and loaded.run_dir is not None else None
+    if parent is not None:
+        run_id = _log_to_mlflow(parent, files, contract_path, policy)
     return ExportResult(files, contract, contract_path, run_id)
 
 
-def _log_to_mlflow(run_dir: Path, files: dict[str, Path], contract_path: Path, policy: DeployablePolicy) -> str:
+def _log_to_mlflow(
+    parent: tuple[str, str], files: dict[str, Path], contract_path: Path, policy: DeployablePolicy
+) -> str:
     """Log the models with a signature, and the contract, to a child run of the training run."""
     import mlflow
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
-
-    from diffrl.deploy.tracking import child_run
 
     signature = ModelSignature(
         inputs=Schema(
@@ -366,7 +368,7 @@ def _log_to_mlflow(run_dir: Path, files: dict[str, Path], contract_path: Path, p
         ),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, policy.action_dim), OUTPUT_NAME)]),
     )
-    with child_run(run_dir, "export") as run:
+    with child_run(*parent, "export") as run:
         if "onnx" in files:
             import onnx
 

@@ -16,9 +16,18 @@ from diffrl.deploy.policy_loading import RUN_INFO
 logger = logging.getLogger("diffrl.deploy")
 
 
+def source_run(run_dir: str | Path) -> tuple[str, str] | None:
+    """``(tracking_uri, run_id)`` of the training run a run directory's ``run.json`` names, or ``None``."""
+    info_path = Path(run_dir) / RUN_INFO
+    if not info_path.exists():
+        return None
+    info = json.loads(info_path.read_text())
+    return info["tracking_uri"], info["mlflow_run_id"]
+
+
 @contextmanager
-def child_run(run_dir: str | Path, kind: str) -> Iterator[mlflow.ActiveRun]:
-    """An active MLflow run nested under the run directory's training run, in the same store.
+def child_run(tracking_uri: str, parent_run_id: str, kind: str) -> Iterator[mlflow.ActiveRun]:
+    """An active MLflow run nested under a training run, in the same store.
 
     The child is created in the training run's experiment with the tags ``mlflow.parentRunId``
     and ``diffrl.source_run`` (the training run's id) and ``diffrl.kind`` (``kind``), so the
@@ -27,35 +36,27 @@ def child_run(run_dir: str | Path, kind: str) -> Iterator[mlflow.ActiveRun]:
     ``with`` block; the global tracking URI is restored afterwards.
 
     Example:
-        >>> import json, tempfile
-        >>> from pathlib import Path
+        >>> import tempfile
         >>> from diffrl.training.tracking import MLflowTracker, default_tracking_uri
         >>> with tempfile.TemporaryDirectory() as run_dir:
         ...     parent = MLflowTracker(default_tracking_uri(run_dir), experiment="demo")
-        ...     info = {"mlflow_run_id": parent.run_id, "tracking_uri": parent.tracking_uri}
-        ...     _ = (Path(run_dir) / "run.json").write_text(json.dumps(info))
-        ...     with child_run(run_dir, "evaluation") as run:
+        ...     with child_run(parent.tracking_uri, parent.run_id, "evaluation") as run:
         ...         mlflow.log_metric("return_mean", 1.0)
         ...     run.data.tags["mlflow.parentRunId"] == parent.run_id
         True
     """
-    info_path = Path(run_dir) / RUN_INFO
-    if not info_path.exists():
-        raise ValueError(f"{info_path} does not exist: no MLflow run to attach the {kind} to")
-    info = json.loads(info_path.read_text())
-    parent_id, tracking_uri = info["mlflow_run_id"], info["tracking_uri"]
     client = MlflowClient(tracking_uri)
-    parent = client.get_run(parent_id)
+    parent = client.get_run(parent_run_id)
     child = client.create_run(
         parent.info.experiment_id,
         run_name=f"{kind}-{parent.info.run_name}",
-        tags={"mlflow.parentRunId": parent_id, "diffrl.source_run": parent_id, "diffrl.kind": kind},
+        tags={"mlflow.parentRunId": parent_run_id, "diffrl.source_run": parent_run_id, "diffrl.kind": kind},
     )
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     try:
         with mlflow.start_run(run_id=child.info.run_id) as run:
-            logger.info("MLflow %s run %s under training run %s in %s", kind, run.info.run_id, parent_id, tracking_uri)
+            logger.info("MLflow %s run %s under run %s in %s", kind, run.info.run_id, parent_run_id, tracking_uri)
             yield run
     finally:
         mlflow.set_tracking_uri(previous_uri)
