@@ -30,7 +30,7 @@ from torchrl.objectives import KLAdaptiveLR, LossModule
 from torchrl.objectives.value import GAE
 from tqdm.auto import tqdm
 
-from diffrl.training import distributed
+from diffrl.training import distributed as parallel
 from diffrl.training.distributed import DistributedContext
 from diffrl.training.observation_normalizer import ObservationNormalizer
 from diffrl.training.rollout_state import RolloutState
@@ -177,7 +177,7 @@ class OnPolicyTrainer:
         )
         self.context = distributed or DistributedContext()
         if self.context.is_distributed:
-            distributed.broadcast_parameters(loss_module)
+            parallel.broadcast_parameters(loss_module)
         self._shared_statistics = None  # the observation statistics all ranks agreed on last
         self.progress = TrainingProgress()
         self.on_metrics = on_metrics
@@ -219,7 +219,7 @@ class OnPolicyTrainer:
             return None
         local = self.rollout_state.capture()
         if self.context.is_distributed and gather_ranks:
-            self.rollout_state.ranks = distributed.gather_objects(local, self.context.world_size)
+            self.rollout_state.ranks = parallel.gather_objects(local, self.context.world_size)
         else:
             self.rollout_state.ranks = [local]
         if not self.context.is_main:
@@ -269,9 +269,11 @@ class OnPolicyTrainer:
         progress_bar_shown = self.show_progress
         try:
             collect_start = time.perf_counter()
-            for batch in self.collector:
-                if self.progress.frames >= self.total_frames:
-                    break
+            rollouts = iter(self.collector)
+            # The budget is checked before collecting: a rollout past it would move the envs,
+            # the statistics and the random streams away from what the checkpoint records.
+            while self.progress.frames < self.total_frames:
+                batch = next(rollouts)
                 collect_time = time.perf_counter() - collect_start
                 update_start = time.perf_counter()
                 metrics = self._update(batch)
@@ -337,13 +339,13 @@ class OnPolicyTrainer:
                 if self.lr_schedule is not None:
                     kl = out["kl_approx"].detach()
                     if self.context.is_distributed:
-                        kl = distributed.all_reduce_sum(kl) / self.context.world_size
+                        kl = parallel.all_reduce_sum(kl) / self.context.world_size
                     self.lr_schedule.step(kl)
                 loss = sum(value for key, value in out.items() if key.startswith("loss_"))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.context.is_distributed:
-                    distributed.average_gradients(list(self.loss_module.parameters()), self.context.world_size)
+                    parallel.average_gradients(list(self.loss_module.parameters()), self.context.world_size)
                 grad_norms.append(torch.nn.utils.clip_grad_norm_(self.loss_module.parameters(), self.max_grad_norm))
                 self.optimizer.step()
                 for key, value in out.items():
@@ -353,7 +355,7 @@ class OnPolicyTrainer:
         metrics["grad_norm"] = float(torch.stack(grad_norms).mean())
         metrics["reward_per_step"] = float(batch["next", "reward"].mean())
         if self.context.is_distributed:
-            metrics = distributed.all_reduce_mean(metrics, self.context.world_size)
+            metrics = parallel.all_reduce_mean(metrics, self.context.world_size)
         return metrics
 
     def _normalized_advantage(self, advantage: torch.Tensor) -> torch.Tensor:
@@ -361,7 +363,7 @@ class OnPolicyTrainer:
         moments = torch.stack([advantage.double().sum(), advantage.double().pow(2).sum()])
         moments = torch.cat([moments, moments.new_tensor([advantage.numel()])])
         if self.context.is_distributed:
-            moments = distributed.all_reduce_sum(moments)
+            moments = parallel.all_reduce_sum(moments)
         total, total_squares, count = moments.unbind()
         mean = total / count
         # Round-off can push the sum formula a hair below zero for a constant advantage.
@@ -370,9 +372,7 @@ class OnPolicyTrainer:
 
     def _synchronize_observation_statistics(self) -> None:
         """Every rank adopts the statistics of all ranks' observations so far."""
-        merged = distributed.merge_normalizer_statistics(
-            self.observation_normalizer.statistics(), self._shared_statistics
-        )
+        merged = parallel.merge_normalizer_statistics(self.observation_normalizer.statistics(), self._shared_statistics)
         self.observation_normalizer.load_statistics(*merged)
         self._shared_statistics = self.observation_normalizer.statistics()
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,8 +116,10 @@ def test_resumed_run_reproduces_the_uninterrupted_run_exactly(tmp_path):
     total = 5 * NUM_ENVS * STEPS
     uninterrupted = make_trainer(tmp_path / "straight", total_frames=total).train()
 
-    first = make_trainer(tmp_path / "split", total_frames=2 * NUM_ENVS * STEPS)
+    # Stopped after 3 iterations (checkpoints every 2): the resume is from the final checkpoint.
+    first = make_trainer(tmp_path / "split", total_frames=3 * NUM_ENVS * STEPS)
     first.train()
+    assert first.checkpoints.latest().name == "checkpoint-000000000003"
     resumed = make_trainer(tmp_path / "split", total_frames=total)
     resumed.load_checkpoint(first.checkpoints.latest())
     continued = resumed.train()
@@ -136,3 +141,57 @@ def test_resume_without_simulator_state_restarts_episodes_and_says_so(tmp_path, 
         resumed.load_checkpoint(first.checkpoints.latest())
     assert "resumed episodes restart from a reset" in caplog.text
     assert resumed.train()[-1]["frames"] == 192.0
+
+
+KILLED_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_on_policy import make_trainer
+
+
+class KilledWhileSaving:
+    def state_dict(self):  # written last (components are saved in name order): the rest is on disk
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def load_state_dict(self, state):
+        pass
+
+
+trainer = make_trainer(Path({run!r}), total_frames=1)
+trainer.progress.iteration = 3
+trainer.checkpoint.register("zz_killed_while_saving", KilledWhileSaving())
+trainer.save_checkpoint()
+"""
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tmp_path):
+    trainer = make_trainer(tmp_path, total_frames=2 * NUM_ENVS * STEPS)
+    trainer.train()
+    previous = trainer.checkpoints.latest()
+    script = KILLED_SAVE.format(tests=str(Path(__file__).parent), run=str(tmp_path))
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    staged = [path for path in tmp_path.iterdir() if path.name.startswith(".")]
+    assert staged, "the killed save had started writing (into a hidden staging directory)"
+    assert trainer.checkpoints.latest() == previous
+    assert [path.name for path in trainer.checkpoints.checkpoints()] == [previous.name]
+    resumed = make_trainer(tmp_path, total_frames=3 * NUM_ENVS * STEPS)
+    resumed.load_checkpoint(previous)
+    assert resumed.progress.iteration == 2
+
+
+def test_an_incompatible_checkpoint_is_a_clear_error(tmp_path):
+    trainer = make_trainer(tmp_path, total_frames=2 * NUM_ENVS * STEPS)
+    trainer.train()
+    torch.manual_seed(0)
+    env = make_gym_env("HalfCheetah-v5", NUM_ENVS, seed=0)
+    obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+    wider = GenPOActor(GenPOFlow(action_dim, obs_dim, num_steps=2, hidden_sizes=[32]))
+    critic = make_value_network(obs_dim, [16])
+    other = OnPolicyTrainer(
+        env=env, actor=wider, critic=critic, loss_module=GenPOLoss(wider, critic), total_frames=1, progress=False
+    )
+    latest = trainer.checkpoints.latest()
+    with pytest.raises(ValueError, match=rf"(?s)cannot resume from checkpoint {latest}: .*size mismatch"):
+        other.load_checkpoint(latest)

@@ -1,0 +1,98 @@
+"""run_experiment through a recipe, as users launch it: SIGTERM mid-run, and two torchrun ranks.
+
+HalfCheetah-v5 (gymnasium MuJoCo) keeps these fast; the Isaac Lab path is the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = str(REPO / "recipes" / "genpo_isaaclab.py")
+NUM_ENVS, STEPS = 4, 16
+SMALL = [
+    "task=halfcheetah",
+    f"env.num_envs={NUM_ENVS}",
+    f"collector.steps_per_env={STEPS}",
+    "algorithm.hidden_sizes=[16]",
+    "algorithm.critic_hidden_sizes=[16]",
+    "logger.progress=false",
+]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def recipe_command(run_dir: Path, *overrides: str) -> list[str]:
+    return [RECIPE, f"hydra.run.dir={run_dir}", *SMALL, *overrides]
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=os.environ.copy())
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def mlflow_run(run_dir: Path) -> tuple[MlflowClient, str]:
+    info = json.loads((run_dir / "run.json").read_text())
+    return MlflowClient(info["tracking_uri"]), info["mlflow_run_id"]
+
+
+def frames_logged(run_dir: Path) -> list[tuple[int, float]]:
+    client, run_id = mlflow_run(run_dir)
+    return sorted((metric.step, metric.value) for metric in client.get_metric_history(run_id, "frames"))
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_closes_the_mlflow_run_and_the_run_resumes(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, *recipe_command(tmp_path, "collector.total_frames=10_000_000", "checkpoint.every=1000")],
+        stdout=subprocess.PIPE,  # Hydra's log handler writes to stdout
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
+    for line in process.stdout:  # the per-iteration log line
+        if "iteration 3," in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    else:
+        pytest.fail(f"the run ended (status {process.wait()}) before its third iteration")
+    remaining = process.communicate(timeout=120)[0]
+    assert process.returncode != 0 and "SIGTERM" in remaining
+    checkpoints = sorted((tmp_path / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints, "a checkpoint of the last completed iteration was written"
+    stopped_at = int(checkpoints[-1].name.split("-")[1])
+    assert stopped_at >= 3
+    client, run_id = mlflow_run(tmp_path)
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    total = (stopped_at + 2) * NUM_ENVS * STEPS
+    run([sys.executable, *recipe_command(tmp_path, f"collector.total_frames={total}", f"resume={checkpoints[-1]}")])
+    frames = frames_logged(tmp_path)
+    assert frames[-3:] == [(step, step * NUM_ENVS * STEPS) for step in range(stopped_at, stopped_at + 3)]
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_log_once_count_both_and_resume(tmp_path):
+    frames_per_iteration = 2 * NUM_ENVS * STEPS  # both ranks' frames
+    run([*TORCHRUN, *recipe_command(tmp_path, f"collector.total_frames={3 * frames_per_iteration}")])
+    assert frames_logged(tmp_path) == [(step, step * frames_per_iteration) for step in (1, 2, 3)]
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-000000000003"
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    assert "rollout" in manifest["components"]
+
+    resumed = recipe_command(tmp_path, f"collector.total_frames={5 * frames_per_iteration}", f"resume={checkpoint}")
+    result = run([*TORCHRUN, *resumed])
+    assert "episodes restart" not in result.stderr, "each rank restored its own rollout state"
+    assert frames_logged(tmp_path)[-2:] == [(step, step * frames_per_iteration) for step in (4, 5)]
+    client, run_id = mlflow_run(tmp_path)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1, "rank 1 tracked nothing"
