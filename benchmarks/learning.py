@@ -497,13 +497,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     finally:
         if temporary is not None:
             temporary.cleanup()
-    if records:
-        print(summary_table(summarize(records)))
+    for task in tasks:  # one table per task
+        task_records = [record for record in records if record["task"] == task.env_id]
+        if task_records:
+            print(f"\n{task.env_id}, {task.total_frames:,} frames per run:\n{summary_table(summarize(task_records))}")
     if args.plots is not None:
         for task in tasks:
             task_records = [record for record in records if record["task"] == task.env_id]
             if task_records:
-                path = plot_task(task_records, args.plots / f"learning_{task.key}.png", task.env_id)
+                title = f"{task.env_id}, {task.num_envs} envs" + (
+                    f", {task.max_episode_steps}-step episodes" if task.max_episode_steps else ""
+                )
+                path = plot_task(task_records, args.plots / f"learning_{task.key}.png", title)
                 print(f"plot: {path}")
     if failed:
         print(f"{len(failed)} case(s) failed: {', '.join(failed)}", file=sys.stderr)
