@@ -266,13 +266,21 @@ def _contract(loaded: LoadedPolicy, policy: DeployablePolicy, files: dict[str, P
     }
 
 
-def _export_onnx(policy: DeployablePolicy, example: tuple[torch.Tensor, torch.Tensor], path: Path) -> None:
+def _example_inputs(policy: DeployablePolicy) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    # A batch of 3, not 1: the exporters must not specialize the batch axis to 1.
+    return torch.randn(3, policy.obs_dim, generator=generator), torch.randn(3, policy.noise_dim, generator=generator)
+
+
+def export_onnx(policy: DeployablePolicy, path: str | os.PathLike) -> None:
+    """Write ``policy`` as ONNX (torch.onnx's dynamo exporter), inputs ``observation``/``noise``, output ``action``,
+    batch axis dynamic."""
     batch = torch.export.Dim("batch")
     with warnings.catch_warnings():  # "The axis name: batch will not be used": both inputs share it, as meant
         warnings.filterwarnings("ignore", message="The axis name")
         torch.onnx.export(
             policy,
-            example,
+            _example_inputs(policy),
             os.fspath(path),
             input_names=list(INPUT_NAMES),
             output_names=[OUTPUT_NAME],
@@ -283,14 +291,15 @@ def _export_onnx(policy: DeployablePolicy, example: tuple[torch.Tensor, torch.Te
         )
 
 
-def _export_torchscript(policy: DeployablePolicy, example: tuple[torch.Tensor, torch.Tensor], path: Path) -> None:
+def export_torchscript(policy: DeployablePolicy, path: str | os.PathLike) -> None:
+    """Write ``policy`` as TorchScript, traced (the sampler's loop unrolled): ``torch.jit.load(path)(obs, noise)``."""
     with warnings.catch_warnings():  # the tracer's notes on Python-level shape checks: all static here
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(policy, example, check_trace=False)
+        traced = torch.jit.trace(policy, _example_inputs(policy), check_trace=False)
     torch.jit.save(traced, os.fspath(path))
 
 
-_EXPORTERS = {"onnx": _export_onnx, "torchscript": _export_torchscript}
+_EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript}
 
 
 def export_policy(
@@ -328,15 +337,10 @@ def export_policy(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    generator = torch.Generator().manual_seed(0)
-    example = (
-        torch.randn(3, policy.obs_dim, generator=generator),
-        torch.randn(3, policy.noise_dim, generator=generator),
-    )
     files: dict[str, Path] = {}
     for fmt in dict.fromkeys(formats):
         path = output_dir / FILE_NAMES[fmt]
-        _EXPORTERS[fmt](policy, example, path)
+        _EXPORTERS[fmt](policy, path)
         files[fmt] = path
         logger.info("exported %s policy to %s", loaded.algorithm, path)
     contract = _contract(loaded, policy, files)

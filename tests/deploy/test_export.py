@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -130,40 +131,49 @@ def noise_dim(result) -> int:
     return result.contract["inputs"][1]["shape"][1]
 
 
-def run_onnx(path: Path, observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+def load_onnx(path: Path) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-    (action,) = session.run(["action"], {"observation": observation.numpy(), "noise": noise.numpy()})
-    return torch.from_numpy(action)
+
+    def run(observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        (action,) = session.run(["action"], {"observation": observation.numpy(), "noise": noise.numpy()})
+        return torch.from_numpy(action)
+
+    return run
 
 
-def run_torchscript(path: Path, observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    return torch.jit.load(os.fspath(path))(observation, noise)
+def load_torchscript(path: Path) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return torch.jit.load(os.fspath(path))
 
 
-RUNNERS = {"onnx": run_onnx, "torchscript": run_torchscript}
+LOADERS = {"onnx": load_onnx, "torchscript": load_torchscript}
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_exported_policy_matches_the_actor_driven_by_the_same_noise(exported, fmt):
     kind, policy, result = exported
-    observation, noise = inputs(noise_dim(result), seed=2)
-    expected = reference_actions(policy, observation, noise)
-    actual = RUNNERS[fmt](result.files[fmt], observation, noise)
-    assert actual.shape == (BATCH, ACTION_DIM)
-    assert (actual - expected).abs().max() <= tolerance(policy.actor), (
-        f"{kind} {fmt}: {(actual - expected).abs().max():.2e}"
-    )
+    exported_policy = LOADERS[fmt](result.files[fmt])
+    difference = 0.0
+    for seed in range(5):  # 5 x 64 random observations and noises
+        observation, noise = inputs(noise_dim(result), seed=seed)
+        expected = reference_actions(policy, observation, noise)
+        actual = exported_policy(observation, noise)
+        assert actual.shape == (BATCH, ACTION_DIM)
+        difference = max(difference, float((actual - expected).abs().max()))
+    print(f"{kind} {fmt}: max abs difference {difference:.1e}")  # the figures in docs/deploy.md (pytest -s)
+    assert difference <= tolerance(policy.actor), kind
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_zero_noise_gives_the_deterministic_action(exported, fmt):
     kind, policy, result = exported
-    observation, _ = inputs(noise_dim(result), seed=3)
+    observation, _ = inputs(noise_dim(result), seed=5)
     td = TensorDict({"observation": policy.normalize(observation)}, batch_size=[BATCH])
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         expected = policy.actor(td)["action"]
-    actual = RUNNERS[fmt](result.files[fmt], observation, torch.zeros(BATCH, noise_dim(result)))
-    assert (actual - expected).abs().max() <= tolerance(policy.actor), kind
+    actual = LOADERS[fmt](result.files[fmt])(observation, torch.zeros(BATCH, noise_dim(result)))
+    difference = float((actual - expected).abs().max())
+    print(f"{kind} {fmt}: zero noise, max abs difference to the deterministic action {difference:.1e}")
+    assert difference <= tolerance(policy.actor), kind
 
 
 def test_baked_normalization_matches_the_normalizer(normalizer):
@@ -221,9 +231,9 @@ TORCH_ONLY = """
 @pytest.mark.parametrize(("fmt", "script"), [("onnx", ONNX_ONLY), ("torchscript", TORCH_ONLY)])
 def test_exported_policy_runs_without_diffrl_or_torchrl(exported, fmt, script, tmp_path):
     kind, policy, result = exported
-    if kind not in ("genpo", "trudi"):
-        pytest.skip("one flow and one chain suffice: the runtime needs are the same")
-    observation, noise = inputs(noise_dim(result), seed=5)
+    if kind != "trudi":
+        pytest.skip("one actor suffices: the runtime needs are the same for all")
+    observation, noise = inputs(noise_dim(result), seed=6)
     np.savez(tmp_path / "inputs.npz", observation=observation.numpy(), noise=noise.numpy())
     command = [sys.executable, "-I", "-c", textwrap.dedent(script), os.fspath(result.files[fmt])]
     command += [os.fspath(tmp_path / "inputs.npz"), os.fspath(tmp_path / "action.npy")]
