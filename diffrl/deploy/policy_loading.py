@@ -10,7 +10,9 @@ Symbols: o the observation size, d the action dimension.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -160,6 +162,32 @@ class _StateReceiver:
         self.state = state
 
 
+def _check_tensor_files(component: Path) -> None:
+    """Every tensor file of a checkpoint component has the size its ``meta.json`` says.
+
+    TorchRL's checkpoint keeps no checksums, and tensordict maps a truncated tensor file by
+    zero-filling it to the expected size (on disk too): a damaged checkpoint would load silently
+    as a different policy. This check runs before anything is mapped.
+    """
+    for meta_path in component.rglob("meta.json"):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"unreadable checkpoint file {meta_path}: {error}") from error
+        for key, entry in meta.items():
+            if not (isinstance(entry, dict) and "shape" in entry and "dtype" in entry):
+                continue
+            tensor_path = meta_path.parent / f"{key}.memmap"
+            dtype = getattr(torch, str(entry["dtype"]).removeprefix("torch."))
+            expected = math.prod(entry["shape"]) * dtype.itemsize
+            size = tensor_path.stat().st_size if tensor_path.exists() else None
+            if size != expected:
+                raise ValueError(
+                    f"corrupted checkpoint: {tensor_path} has {size if size is not None else 'no'} bytes, "
+                    f"{expected} expected ({entry['dtype']} {entry['shape']})"
+                )
+
+
 def _load_checkpoint(path: Path) -> LoadedPolicy:
     if not Checkpoint.is_checkpoint(path):
         raise ValueError(f"{path} is not a TorchRL checkpoint (no readable manifest): corrupted or wrong path")
@@ -168,6 +196,10 @@ def _load_checkpoint(path: Path) -> LoadedPolicy:
     if not config_path.exists():
         raise ValueError(f"checkpoint {path} has no {CONFIG_FILE} two levels up ({config_path}): cannot rebuild it")
     config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    for component in path.glob("components/*-actor"):
+        _check_tensor_files(component)
+    for component in path.glob("components/*-observation_normalizer"):
+        _check_tensor_files(component)
     actor, normalizer = _StateReceiver(), _StateReceiver()
     try:
         result = Checkpoint(actor=actor, observation_normalizer=normalizer, strict="ignore").load(

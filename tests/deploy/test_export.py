@@ -266,3 +266,56 @@ def test_missing_or_corrupted_sources_are_clear_errors(tmp_path):
         load_policy(broken / "policy.pt")
     with pytest.raises(ValueError, match="neither a run directory"):
         load_policy(tmp_path)
+
+
+@pytest.mark.parametrize("recipe", ["genpo_isaaclab", "trudi_isaaclab", "ppo_isaaclab"])
+def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
+    """policy.pt and a checkpoint, written as a training run writes them, come back as the same actor and normalizer."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from torchrl.checkpoint import Checkpoint
+
+    from diffrl.training.recipe import register_resolvers
+
+    register_resolvers()
+    overrides = ["task=halfcheetah", "algorithm.hidden_sizes=[16,16]", "algorithm.trainer.normalize_observations=true"]
+    with initialize_config_dir(str(Path(__file__).resolve().parents[2] / "recipes" / "config"), version_base="1.3"):
+        cfg = compose(recipe, overrides=overrides)
+    dims = {"action_dim": ACTION_DIM, "obs_dim": OBS_DIM}
+    actor_cfg = cfg.algorithm.actor
+    actor = instantiate(actor_cfg, observation_key="observation", **({"flow": dims} if "flow" in actor_cfg else dims))
+    normalizer = ObservationNormalizer(in_keys=["observation"], decay=1.0, reduce_batch_dims=True)
+    env = TransformedEnv(make_gym_env("HalfCheetah-v5", num_envs=2, seed=0), normalizer)
+    env.rollout(5, break_when_any_done=False)
+    env.close()
+    # As run_experiment and OnPolicyTrainer write them (the trainer's checkpoint has more components).
+    run_dir = tmp_path / "run"
+    checkpoint = run_dir / "checkpoints" / "checkpoint-000000000001"
+    Checkpoint(actor=actor, observation_normalizer=normalizer).save(checkpoint)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    saved = {
+        "actor": actor.state_dict(),
+        "observation_normalizer": normalizer.state_dict(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    torch.save(saved, tmp_path / "policy.pt")
+
+    observation = torch.randn(8, OBS_DIM)
+    normalized = normalizer.freeze()._stateful_norm(TensorDict({"observation": observation}, [8]))["observation"]
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        expected = actor(TensorDict({"observation": normalized}, [8]))["action"]
+    for source in (tmp_path / "policy.pt", run_dir, checkpoint):
+        loaded = load_policy(source)
+        assert (loaded.algorithm, loaded.obs_dim, loaded.action_dim) == (cfg.algorithm.name, OBS_DIM, ACTION_DIM)
+        assert type(loaded.actor) is type(actor)
+        torch.testing.assert_close(loaded.normalize(observation), normalized, rtol=0, atol=0)
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            actual = loaded.actor(TensorDict({"observation": loaded.normalize(observation)}, [8]))["action"]
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+    # A damaged tensor file is an error naming it, not a silently different policy.
+    tensor_file = sorted(checkpoint.glob("components/*-actor/state/*.memmap"))[-1]
+    tensor_file.write_bytes(tensor_file.read_bytes()[:3])
+    with pytest.raises(ValueError, match=rf"corrupted checkpoint: .*{tensor_file.name} has 3 bytes"):
+        load_policy(checkpoint)
