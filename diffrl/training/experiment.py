@@ -6,6 +6,7 @@ script can call it with any ``DictConfig`` of the same layout (see ``recipes/con
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -206,8 +207,11 @@ def _start_tracking(
     (run_dir / RUN_INFO).write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri}))
     config_path = run_dir / "config.yaml"
     config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    assets = getattr(env, "isaaclab_assets", None)
     if resume is None:
         tracker.log_params(OmegaConf.to_container(cfg, resolve=True))
+        if assets is not None:  # official or offline, and how each stand-in and config change differs
+            tracker.log_params({"assets": dataclasses.asdict(assets)})
         tracker.log_artifact(config_path)
     tracker.set_tags(_env_tags(env, cfg))
     return tracker

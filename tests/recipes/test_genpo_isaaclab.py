@@ -90,6 +90,8 @@ def test_mlflow_run_has_params_metrics_and_artifacts(trained_run):
     assert params["algorithm.loss.compression_coeff"] == "0.01"
     assert params["algorithm.actor.flow.num_steps"] == "5"
     assert run.data.tags["assets"] == "offline"
+    assert params["assets.source"] == "offline"
+    assert "newton" in params["assets.stand_ins"], "the stand-in and its source package are on record"
     for key in ("episode_return", "loss_objective", "loss_critic", "loss_compression", "kl_approx", "kl_k3"):
         history = metric_values(client, info["mlflow_run_id"], key)
         assert [step for step, _ in history][-1] == 40, key
