@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from tensordict import TensorDict
 from tensordict.nn import TensorDictModuleBase
 from torchrl.checkpoint import Checkpoint, CheckpointError
 
@@ -71,8 +72,6 @@ class LoadedPolicy:
         """The observation as the actor saw it in training, [*B, o] → [*B, o] (identity without normalizer)."""
         if self.observation_normalizer is None:
             return observation
-        from tensordict import TensorDict
-
         data = TensorDict({self.observation_key: observation}, batch_size=observation.shape[:-1])
         # _stateful_norm applies the stored statistics without updating them.
         return self.observation_normalizer._stateful_norm(data)[self.observation_key]

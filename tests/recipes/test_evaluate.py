@@ -155,3 +155,18 @@ def test_episode_statistics_are_population_mean_and_std():
         "deterministic/length_std": 5.0,
         "deterministic/episodes": 2.0,
     }
+
+
+@pytest.mark.slow
+def test_policy_downloaded_from_mlflow_is_the_runs_policy(halfcheetah_run, tmp_path):
+    from diffrl.deploy.policy_loading import download_policy, load_policy
+
+    info = json.loads((halfcheetah_run / "run.json").read_text())
+    downloaded = load_policy(download_policy(info["mlflow_run_id"], info["tracking_uri"], tmp_path))
+    local = load_policy(halfcheetah_run)
+    for key, value in local.actor.state_dict().items():
+        assert torch.equal(downloaded.actor.state_dict()[key], value), key
+    observation = torch.randn(4, 17)
+    assert torch.equal(downloaded.normalize(observation), local.normalize(observation))
+    with pytest.raises(ValueError, match=r"has no policy\.pt artifact"):
+        download_policy("0" * 32, info["tracking_uri"], tmp_path / "missing")
