@@ -11,7 +11,9 @@ simulation per process):
 Training (one worker per trainer): diffrl's PPO and GenPO through the recipes' own
 :func:`~diffrl.training.experiment.run_experiment` (``OnPolicyTrainer``; the rate is its
 ``frames_per_second``: frames over collection + update time), and rsl_rl PPO through
-``isaaclab train --rl_library rsl_rl`` (its "Collection time" + "Learning time"), on the same
+``isaaclab train --rl_library rsl_rl`` (its "Collection time" + "Learning time") and, on
+Cartpole (the one task Isaac Lab configures it for), Isaac Lab's own TorchRL PPO runner
+(``--rl_library torchrl``, its TensorBoard ``Perf/*_time``), on the same
 task, envs, rollout length and network sizes. The first ``--burn-in`` iterations (or collector
 batches) are excluded. All runs use diffrl's offline stand-in assets.
 
@@ -173,33 +175,28 @@ def run_worker(arguments: list[str], timeout: float) -> Any:
         return json.loads(output.read_text())
 
 
-def rsl_rl_training(task: str, num_envs: int, device: str, iterations: int, burn_in: int, timeout: float) -> dict:
-    """rsl_rl PPO via ``isaaclab train``, on diffrl's offline assets; rate from its per-iteration timings."""
+def isaaclab_cli_training(
+    library: str, task: str, num_envs: int, device: str, iterations: int, burn_in: int, timeout: float
+) -> dict:
+    """PPO of Isaac Lab's own runner for ``library`` (``rsl_rl`` or ``torchrl``) via ``isaaclab train``.
+
+    On diffrl's offline assets; the rate is from the runner's per-iteration collection and
+    learning times (rsl_rl prints them; Isaac Lab's TorchRL runner writes them to TensorBoard).
+    """
     from diffrl.envs.offline_assets import build_offline_assets
 
     environment = {**os.environ, "ISAACSIM_ASSET_ROOT": str(build_offline_assets())}
     environment.setdefault("WARP_CACHE_PATH", str(Path("~/.cache/diffrl/warp").expanduser()))
-    command = [
-        str(ISAACLAB_CLI),
-        "train",
-        "--rl_library",
-        "rsl_rl",
-        "--task",
-        task,
-        "--num_envs",
-        str(num_envs),
-        "--device",
-        device,
-        "--viz",
-        "none",
-        f"agent.device={device}",
-        f"agent.max_iterations={iterations}",
-    ]
-    with tempfile.TemporaryDirectory() as tmp:  # rsl_rl writes its logs under the working directory
+    command = [str(ISAACLAB_CLI), "train", "--rl_library", library, "--task", task, "--num_envs", str(num_envs)]
+    command += ["--device", device, "--viz", "none", f"agent.device={device}", f"agent.max_iterations={iterations}"]
+    with tempfile.TemporaryDirectory() as tmp:  # the runners write their logs under the working directory
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=tmp, env=environment)
-    timings = [(float(collection), float(learning)) for collection, learning in RSL_RL_ITERATION.findall(result.stdout)]
+        if library == "rsl_rl":
+            timings = [(float(c), float(u)) for c, u in RSL_RL_ITERATION.findall(result.stdout)]
+        else:
+            timings = _tensorboard_timings(Path(tmp))
     if result.returncode != 0 or len(timings) <= burn_in:
-        raise RuntimeError(f"rsl_rl run failed ({result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
+        raise RuntimeError(f"{library} run failed ({result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}")
     timings = timings[burn_in:]
     steps_per_env = recipe_config("ppo", task, num_envs, device).collector.steps_per_env
     collection = sum(c for c, _ in timings)
@@ -208,11 +205,24 @@ def rsl_rl_training(task: str, num_envs: int, device: str, iterations: int, burn
         "measurement": "training",
         "task": task,
         "num_envs": num_envs,
-        "name": "rsl_rl_ppo",
+        "name": f"{library}_ppo" if library == "rsl_rl" else "isaaclab_torchrl_ppo",
         **_rate(num_envs * steps_per_env * len(timings), collection + update),
         "collection_s_per_iteration": collection / len(timings),
         "update_s_per_iteration": update / len(timings),
     }
+
+
+def _tensorboard_timings(log_root: Path) -> list[tuple[float, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = sorted(log_root.rglob("events.out.tfevents.*"))
+    if not events:
+        return []
+    accumulator = EventAccumulator(str(events[-1]))
+    accumulator.Reload()
+    collection = [event.value for event in accumulator.Scalars("Perf/collection_time")]
+    learning = [event.value for event in accumulator.Scalars("Perf/learning_time")]
+    return list(zip(collection, learning, strict=True))
 
 
 def collection_table(records: Sequence[dict[str, Any]]) -> str:
@@ -307,12 +317,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 lambda arguments=arguments: run_worker([*arguments, *common], args.timeout),
                 f"training, diffrl {algorithm}, {task}",
             )
-        training += attempt(
-            lambda task=task: rsl_rl_training(
-                task, args.train_envs, args.device, iterations, args.burn_in, args.timeout
-            ),
-            f"training, rsl_rl ppo, {task}",
-        )
+        # Isaac Lab ships a TorchRL runner configuration for Cartpole only.
+        libraries = ("rsl_rl", "torchrl") if task == "Isaac-Cartpole" else ("rsl_rl",)
+        for library in libraries:
+            training += attempt(
+                lambda task=task, library=library: isaaclab_cli_training(
+                    library, task, args.train_envs, args.device, iterations, args.burn_in, args.timeout
+                ),
+                f"training, Isaac Lab {library} ppo, {task}",
+            )
     if collection:
         print(collection_table(collection))
     if training:
