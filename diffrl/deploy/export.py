@@ -316,8 +316,9 @@ def export_policy(
             ``policy.pt`` or checkpoint directory (see :func:`~diffrl.deploy.policy_loading.load_policy`).
         output_dir: where the files go (default ``<run_dir>/export``, or next to the source).
         formats: ``"onnx"`` and/or ``"torchscript"``.
-        log_to_mlflow: when the run directory has a ``run.json``, log the models (with a signature)
-            and the contract to a child MLflow run of the training run.
+        log_to_mlflow: when the run directory has a ``run.json``, log the models (MLflow models
+            ``policy_onnx`` and ``policy_torchscript`` with a signature) and the contract to a child
+            MLflow run of the training run.
 
     Returns:
         The files written, the contract and, when logged, the MLflow run id.
@@ -357,7 +358,8 @@ def export_policy(
 def _log_to_mlflow(
     parent: tuple[str, str], files: dict[str, Path], contract_path: Path, policy: DeployablePolicy
 ) -> str:
-    """Log the models with a signature, and the contract, to a child run of the training run."""
+    """Log the models with a signature (``policy_onnx``, ``policy_torchscript``) and the contract to a child
+    run of the training run."""
     import mlflow
     import numpy as np
     from mlflow.models import ModelSignature
@@ -383,7 +385,13 @@ def _log_to_mlflow(
                 pip_requirements=["onnxruntime", "numpy"],
             )
         if "torchscript" in files:
-            mlflow.log_artifact(os.fspath(files["torchscript"]), artifact_path="policy_torchscript")
+            mlflow.pytorch.log_model(
+                torch.jit.load(os.fspath(files["torchscript"])),
+                name="policy_torchscript",
+                signature=signature,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                serialization_format="pickle",  # MLflow's only format for a ScriptModule
+            )
         mlflow.log_artifact(os.fspath(contract_path))
         mlflow.set_tags({"diffrl.formats": ",".join(files)})
         return run.info.run_id
