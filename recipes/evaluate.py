@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,8 +25,12 @@ logger = logging.getLogger("diffrl")
 @hydra.main(config_path=str(Path(__file__).parent / "config"), config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logger.setLevel(logging.INFO)
+    options = OmegaConf.to_container(cfg)
+    threads = options.pop("torch_threads")
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
-        report = run_evaluation(output_dir=HydraConfig.get().runtime.output_dir, **OmegaConf.to_container(cfg))
+        report = run_evaluation(output_dir=HydraConfig.get().runtime.output_dir, **options)
     except ValueError as error:
         logger.error("%s", error)
         sys.exit(2)
