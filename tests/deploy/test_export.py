@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -319,3 +320,25 @@ def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
     tensor_file.write_bytes(tensor_file.read_bytes()[:3])
     with pytest.raises(ValueError, match=rf"corrupted checkpoint: .*{tensor_file.name} has 3 bytes"):
         load_policy(checkpoint)
+
+
+def test_robot_loop_in_the_docs_runs_as_written(exported, monkeypatch):
+    kind, policy, result = exported
+    if kind != "genpo":
+        pytest.skip("one exported model suffices")
+    page = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    (block,) = [block for block in re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL) if "onnxruntime" in block]
+    observation = inputs(noise_dim(result), seed=7)[0][0]
+    sent, steps = [], iter([True, True, False])
+    stand_ins = {
+        "robot_is_running": lambda: next(steps),
+        "read_sensors": lambda: observation.numpy(),
+        "scale_like_the_env": lambda action: action,
+        "send_to_actuators": sent.append,
+    }
+    monkeypatch.chdir(result.contract_path.parent)
+    exec(compile(block, "docs/deploy.md", "exec"), {"__name__": "__docs__", **stand_ins})
+    assert len(sent) == 2
+    zeros = torch.zeros(1, noise_dim(result))
+    expected = reference_actions(policy, observation.unsqueeze(0), zeros)[0]
+    assert np.abs(sent[0] - expected.numpy()).max() <= TOLERANCE  # deterministic = True in the docs' loop
