@@ -33,6 +33,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from diffrl.deploy.policy_loading import LoadedPolicy, download_policy, load_policy
 from diffrl.deploy.tracking import child_run, source_run
+from diffrl.training.experiment import make_env
 
 logger = logging.getLogger("diffrl.deploy")
 
@@ -252,11 +253,12 @@ def run_evaluation(
     if max_episode_steps is not None:
         env_cfg["max_episode_steps"] = max_episode_steps
 
-    video_status = "off" if not video else _video_unavailable_reason(env_cfg["backend"]) or "recorded"
-    if video and env_cfg["backend"] == "mujoco":
-        configure_mujoco_gl()  # before make_env imports MuJoCo
-
-    from diffrl.training.experiment import make_env
+    if not video:
+        video_status = "off"
+    else:
+        video_status = _video_unavailable_reason(env_cfg["backend"]) or "recorded"
+        if video_status == "recorded":
+            configure_mujoco_gl()  # before make_env imports MuJoCo
 
     env = make_env(OmegaConf.create(env_cfg), seed)
     try:
