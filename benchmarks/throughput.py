@@ -88,7 +88,7 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
     from torchrl.collectors import Collector
 
     from diffrl.envs.isaaclab import make_isaaclab_env
-    from diffrl.training.experiment import _dims
+    from diffrl.training.experiment import actor_dimensions
 
     env = make_isaaclab_env(task, num_envs, device=device, seed=0, assets="offline")
     records = []
@@ -110,7 +110,7 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
         policies: dict[str, Any] = {"random": None}
         for algorithm, name in (("ppo", "gaussian"), ("genpo", "genpo")):
             actor_cfg = recipe_config(algorithm, task, num_envs, device).algorithm.actor
-            policies[name] = instantiate(actor_cfg, **_dims(actor_cfg, obs_dim, action_dim)).to(device)
+            policies[name] = instantiate(actor_cfg, **actor_dimensions(actor_cfg, obs_dim, action_dim)).to(device)
         for name, policy in policies.items():
             collector = Collector(
                 env, policy, frames_per_batch=frames_per_batch, total_frames=-1, auto_register_policy_transforms=False

@@ -10,9 +10,7 @@ Symbols: o the observation size, d the action dimension.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import tempfile
 import warnings
@@ -27,6 +25,8 @@ from tensordict import TensorDict
 from tensordict.nn import TensorDictModuleBase
 from torchrl.checkpoint import Checkpoint, CheckpointError
 
+from diffrl.training.checkpoint_files import verify_tensor_files
+from diffrl.training.experiment import RUN_INFO, actor_dimensions
 from diffrl.training.observation_normalizer import ObservationNormalizer
 
 logger = logging.getLogger("diffrl.deploy")
@@ -34,7 +34,6 @@ logger = logging.getLogger("diffrl.deploy")
 POLICY_FILE = "policy.pt"
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
-RUN_INFO = "run.json"  # as diffrl.training.experiment.RUN_INFO
 
 
 @dataclass
@@ -73,32 +72,7 @@ class LoadedPolicy:
         if self.observation_normalizer is None:
             return observation
         data = TensorDict({self.observation_key: observation}, batch_size=observation.shape[:-1])
-        # _stateful_norm applies the stored statistics without updating them.
-        return self.observation_normalizer._stateful_norm(data)[self.observation_key]
-
-
-def _infer_dims(actor_state: dict[str, torch.Tensor], source: Path) -> tuple[int, int]:
-    """(o, d) from the actor's weights: the velocity net's ``obs_in``/``half_in`` or the Gaussian's MLP and scale."""
-    obs_dim = action_dim = None
-    for key, value in actor_state.items():
-        if key.endswith("obs_in.weight"):
-            obs_dim = value.shape[1]
-        elif key.endswith("half_in.weight"):
-            action_dim = value.shape[1]
-        elif key.endswith("state_independent_scale"):
-            action_dim = value.shape[-1]
-        elif obs_dim is None and key.endswith(".weight") and value.ndim == 2 and "module.0.module.0." in key:
-            obs_dim = value.shape[1]  # the Gaussian mean MLP's first layer
-    if obs_dim is None or action_dim is None:
-        raise ValueError(f"{source}: cannot tell the observation and action sizes from the actor's weights")
-    return obs_dim, action_dim
-
-
-def _actor_dims(actor_cfg: Any, obs_dim: int, action_dim: int) -> dict[str, Any]:
-    """The sizes where the actor config expects them (its flow, or itself), as training passes them."""
-    if "flow" in actor_cfg:
-        return {"flow": {"action_dim": action_dim, "obs_dim": obs_dim}}
-    return {"action_dim": action_dim, "obs_dim": obs_dim}
+        return self.observation_normalizer.normalize(data)[self.observation_key]
 
 
 def _latest_checkpoint(checkpoints: Path) -> Path | None:
@@ -112,20 +86,19 @@ def _rebuild(
     config: dict[str, Any],
     source: Path,
     run_dir: Path | None,
+    dims: tuple[int, int],
 ) -> LoadedPolicy:
-    """The actor (and normalizer) the config builds, with the saved states loaded."""
-    dims = _infer_dims(actor_state, source)
+    """The actor (and normalizer) the config builds for ``dims`` = (o, d), with the saved states loaded."""
     actor_cfg = OmegaConf.create(config["algorithm"]["actor"])
     observation_key = config["env"]["observation_key"]
-    actor = instantiate(actor_cfg, observation_key=observation_key, **_actor_dims(actor_cfg, *dims))
+    actor = instantiate(actor_cfg, observation_key=observation_key, **actor_dimensions(actor_cfg, *dims))
     normalizer = None
     try:
         actor.load_state_dict(actor_state)
         if config["algorithm"]["trainer"].get("normalize_observations", False):
             if normalizer_state is None:
                 raise ValueError("the config normalizes observations but no normalizer statistics were saved")
-            # As OnPolicyTrainer builds it.
-            normalizer = ObservationNormalizer(in_keys=[observation_key], decay=1.0, reduce_batch_dims=True)
+            normalizer = ObservationNormalizer.for_key(observation_key)
             with warnings.catch_warnings():  # "VecNorm wasn't initialized": irrelevant in one process
                 warnings.filterwarnings("ignore", message="VecNorm wasn't initialized")
                 normalizer.load_state_dict(normalizer_state)
@@ -142,10 +115,12 @@ def _load_policy_file(path: Path) -> LoadedPolicy:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several kinds for a truncated or foreign file
         raise ValueError(f"cannot read the policy file {path}: {error}") from error
-    if not isinstance(saved, dict) or not {"actor", "config"} <= saved.keys():
-        raise ValueError(f"{path} is not a diffrl policy file (expected the keys 'actor' and 'config')")
+    expected = {"actor", "config", "obs_dim", "action_dim"}
+    if not isinstance(saved, dict) or not expected <= saved.keys():
+        raise ValueError(f"{path} is not a diffrl policy file (expected the keys {sorted(expected)})")
     run_dir = path.parent if (path.parent / RUN_INFO).exists() else None
-    return _rebuild(saved["actor"], saved.get("observation_normalizer"), saved["config"], path, run_dir)
+    dims = (saved["obs_dim"], saved["action_dim"])
+    return _rebuild(saved["actor"], saved.get("observation_normalizer"), saved["config"], path, run_dir, dims)
 
 
 class _StateReceiver:
@@ -161,32 +136,6 @@ class _StateReceiver:
         self.state = state
 
 
-def _check_tensor_files(component: Path) -> None:
-    """Every tensor file of a checkpoint component has the size its ``meta.json`` says.
-
-    TorchRL's checkpoint keeps no checksums, and tensordict maps a truncated tensor file by
-    zero-filling it to the expected size (on disk too): a damaged checkpoint would load silently
-    as a different policy. This check runs before anything is mapped.
-    """
-    for meta_path in component.rglob("meta.json"):
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"unreadable checkpoint file {meta_path}: {error}") from error
-        for key, entry in meta.items():
-            if not (isinstance(entry, dict) and "shape" in entry and "dtype" in entry):
-                continue
-            tensor_path = meta_path.parent / f"{key}.memmap"
-            dtype = getattr(torch, str(entry["dtype"]).removeprefix("torch."))
-            expected = math.prod(entry["shape"]) * dtype.itemsize
-            size = tensor_path.stat().st_size if tensor_path.exists() else None
-            if size != expected:
-                raise ValueError(
-                    f"corrupted checkpoint: {tensor_path} has {size if size is not None else 'no'} bytes, "
-                    f"{expected} expected ({entry['dtype']} {entry['shape']})"
-                )
-
-
 def _load_checkpoint(path: Path) -> LoadedPolicy:
     if not Checkpoint.is_checkpoint(path):
         raise ValueError(f"{path} is not a TorchRL checkpoint (no readable manifest): corrupted or wrong path")
@@ -196,9 +145,9 @@ def _load_checkpoint(path: Path) -> LoadedPolicy:
         raise ValueError(f"checkpoint {path} has no {CONFIG_FILE} two levels up ({config_path}): cannot rebuild it")
     config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
     for component in path.glob("components/*-actor"):
-        _check_tensor_files(component)
+        verify_tensor_files(component)
     for component in path.glob("components/*-observation_normalizer"):
-        _check_tensor_files(component)
+        verify_tensor_files(component)
     actor, normalizer = _StateReceiver(), _StateReceiver()
     try:
         result = Checkpoint(actor=actor, observation_normalizer=normalizer, strict="ignore").load(
@@ -208,7 +157,13 @@ def _load_checkpoint(path: Path) -> LoadedPolicy:
         raise ValueError(f"cannot read checkpoint {path}: {error}") from error
     if actor.state is None:
         raise ValueError(f"checkpoint {path} has no actor component (found {sorted(result.unrequested)})")
-    return _rebuild(actor.state, normalizer.state, config, path, run_dir)
+    metadata = Checkpoint.manifest(path).get("metadata", {})
+    if not {"obs_dim", "action_dim"} <= metadata.keys():
+        raise ValueError(
+            f"checkpoint {path} does not record the observation and action sizes (written by an older diffrl)"
+        )
+    dims = (metadata["obs_dim"], metadata["action_dim"])
+    return _rebuild(actor.state, normalizer.state, config, path, run_dir, dims)
 
 
 def load_policy(path: str | os.PathLike) -> LoadedPolicy:

@@ -106,6 +106,10 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
             run_info = json.loads(info_path.read_text())
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.torch_threads is not None:
+        if cfg.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1 or null, got {cfg.torch_threads}")
+        torch.set_num_threads(cfg.torch_threads)
     # Same initial weights on every rank (rank 0's are broadcast anyway); rank-own env streams.
     torch.manual_seed(cfg.seed)
     env = make_env(cfg.env, cfg.seed + context.rank, device=context.device(cfg.env.device))
@@ -127,7 +131,9 @@ def _train(
     obs_dim = env.observation_spec[observation_key].shape[-1]
     action_dim = env.action_spec.shape[-1]
     actor = instantiate(
-        cfg.algorithm.actor, observation_key=observation_key, **_dims(cfg.algorithm.actor, obs_dim, action_dim)
+        cfg.algorithm.actor,
+        observation_key=observation_key,
+        **actor_dimensions(cfg.algorithm.actor, obs_dim, action_dim),
     ).to(env.device)
     critic = instantiate(cfg.algorithm.critic, obs_dim=obs_dim, observation_key=observation_key).to(env.device)
     loss_module = instantiate(cfg.algorithm.loss, actor_network=actor, critic_network=critic)
@@ -172,17 +178,7 @@ def _train(
     curve = plot_learning_curve(
         history, run_dir / "learning_curve.png", title=f"{cfg.algorithm.name} on {cfg.env.task}"
     )
-    policy_path = run_dir / "policy.pt"
-    torch.save(
-        {
-            "actor": actor.state_dict(),
-            "observation_normalizer": trainer.observation_normalizer.state_dict()
-            if trainer.observation_normalizer is not None
-            else None,
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        },
-        policy_path,
-    )
+    policy_path = save_policy(run_dir / "policy.pt", actor, trainer.observation_normalizer, cfg, obs_dim, action_dim)
     for artifact in (curve, policy_path):
         tracker.log_artifact(artifact)
     if final_checkpoint is not None:
@@ -217,7 +213,31 @@ def _start_tracking(
     return tracker
 
 
-def _dims(actor_cfg: DictConfig, obs_dim: int, action_dim: int) -> dict[str, Any]:
+def save_policy(
+    path: Path,
+    actor: torch.nn.Module,
+    observation_normalizer: torch.nn.Module | None,
+    cfg: DictConfig,
+    obs_dim: int,
+    action_dim: int,
+) -> Path:
+    """Write ``policy.pt``: what :func:`diffrl.deploy.policy_loading.load_policy` rebuilds a policy from."""
+    torch.save(
+        {
+            "actor": actor.state_dict(),
+            "observation_normalizer": observation_normalizer.state_dict()
+            if observation_normalizer is not None
+            else None,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "obs_dim": obs_dim,
+            "action_dim": action_dim,
+        },
+        path,
+    )
+    return path
+
+
+def actor_dimensions(actor_cfg: DictConfig, obs_dim: int, action_dim: int) -> dict[str, Any]:
     """The env's sizes, passed where the actor config expects them (its flow, or itself)."""
     if "flow" in actor_cfg:
         return {"flow": {"action_dim": action_dim, "obs_dim": obs_dim}}

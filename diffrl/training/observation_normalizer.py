@@ -33,6 +33,16 @@ class ObservationNormalizer(VecNormV2):
         second_moment = var.apply(lambda moment, mean: torch.maximum(moment, mean.pow(2)), loc)
         return super()._norm(data, loc, second_moment, count)
 
+    @classmethod
+    def for_key(cls, key: str) -> ObservationNormalizer:
+        """The running normalizer of ``key`` training uses: every sample weighs the same (decay 1,
+        as rsl_rl's empirical normalization), statistics over all batch dimensions."""
+        return cls(in_keys=[key], decay=1.0, reduce_batch_dims=True)
+
+    def normalize(self, data: TensorDictBase) -> TensorDictBase:
+        """``data`` normalized with the stored statistics, which are left as they are."""
+        return self._stateful_norm(data)
+
     def statistics(self) -> tuple[TensorDictBase, TensorDictBase, TensorDictBase]:
         """Copies of the running (count, E[x], E[x²]), one entry per normalized key."""
         if self._loc is None:

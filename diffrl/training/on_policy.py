@@ -31,6 +31,7 @@ from torchrl.objectives.value import GAE
 from tqdm.auto import tqdm
 
 from diffrl.training import distributed as parallel
+from diffrl.training.checkpoint_files import verify_tensor_files
 from diffrl.training.distributed import DistributedContext
 from diffrl.training.observation_normalizer import ObservationNormalizer
 from diffrl.training.rollout_state import RolloutState
@@ -154,13 +155,15 @@ class OnPolicyTrainer:
                 f"{self.frames_per_batch} frames per batch cannot be split into {num_minibatches} minibatches"
             )
         observation_key = actor.in_keys[0]
+        # Recorded in checkpoints, so that a policy can be rebuilt from one (diffrl.deploy).
+        self._sizes = {
+            "obs_dim": env.observation_spec[observation_key].shape[-1],
+            "action_dim": env.action_spec.shape[-1],
+        }
         transforms = [RewardSum(), StepCounter()]
         self.observation_normalizer = None
         if normalize_observations:
-            # decay=1 weighs every sample equally, as rsl_rl's empirical normalization does.
-            self.observation_normalizer = ObservationNormalizer(
-                in_keys=[observation_key], decay=1.0, reduce_batch_dims=True
-            )
+            self.observation_normalizer = ObservationNormalizer.for_key(observation_key)
             transforms.insert(0, self.observation_normalizer)
         self.env = TransformedEnv(env, Compose(*transforms))
         self.actor, self.critic, self.loss_module = actor, critic, loss_module
@@ -225,7 +228,7 @@ class OnPolicyTrainer:
         if not self.context.is_main:
             return None
         path = self.checkpoints.save(
-            self.checkpoint, step=self.progress.iteration, metadata={"frames": self.progress.frames}
+            self.checkpoint, step=self.progress.iteration, metadata={"frames": self.progress.frames, **self._sizes}
         )
         logger.info("checkpoint written: %s", path)
         return path
@@ -242,6 +245,7 @@ class OnPolicyTrainer:
         if not Checkpoint.is_checkpoint(path):
             raise ValueError(f"{path} is not a TorchRL checkpoint (no readable manifest): corrupted or wrong path")
         try:
+            verify_tensor_files(path)
             self.checkpoint.load(path)
         except (CheckpointError, RuntimeError, KeyError, ValueError, OSError) as error:
             raise ValueError(f"cannot resume from checkpoint {path}: {error}") from error

@@ -277,6 +277,7 @@ def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
     from omegaconf import OmegaConf
     from torchrl.checkpoint import Checkpoint
 
+    from diffrl.training.experiment import save_policy
     from diffrl.training.recipe import register_resolvers
 
     register_resolvers()
@@ -293,17 +294,12 @@ def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
     # As run_experiment and OnPolicyTrainer write them (the trainer's checkpoint has more components).
     run_dir = tmp_path / "run"
     checkpoint = run_dir / "checkpoints" / "checkpoint-000000000001"
-    Checkpoint(actor=actor, observation_normalizer=normalizer).save(checkpoint)
+    Checkpoint(actor=actor, observation_normalizer=normalizer).save(checkpoint, metadata=dims)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    saved = {
-        "actor": actor.state_dict(),
-        "observation_normalizer": normalizer.state_dict(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    torch.save(saved, tmp_path / "policy.pt")
+    save_policy(tmp_path / "policy.pt", actor, normalizer, cfg, OBS_DIM, ACTION_DIM)
 
     observation = torch.randn(8, OBS_DIM)
-    normalized = normalizer.freeze()._stateful_norm(TensorDict({"observation": observation}, [8]))["observation"]
+    normalized = normalizer.freeze().normalize(TensorDict({"observation": observation}, [8]))["observation"]
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         expected = actor(TensorDict({"observation": normalized}, [8]))["action"]
     for source in (tmp_path / "policy.pt", run_dir, checkpoint):
