@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 from tensordict import TensorDict
@@ -38,8 +39,6 @@ from diffrl.modules.genpo_actor import GenPOActor
 from diffrl.modules.genpo_flow import GenPOFlow
 from diffrl.modules.trudi_actor import TruDiActor
 from diffrl.training.observation_normalizer import ObservationNormalizer
-
-onnxruntime = pytest.importorskip("onnxruntime")
 
 OBS_DIM, ACTION_DIM = 17, 6  # HalfCheetah-v5, whose observations fill the normalizer
 TOLERANCE = 1e-5
