@@ -37,6 +37,7 @@ match the task's joint and body names) and naming it in :data:`OFFLINE_TASKS`; b
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import importlib.metadata
 import importlib.resources
@@ -417,6 +418,15 @@ def build_offline_assets(
     """
     root = Path(root).expanduser().resolve() if root is not None else default_asset_root().resolve()
     wanted = _assets_for(OFFLINE_TASKS if tasks is None else list(tasks))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time per root: two processes each rebuilding a different task subset
+    # would otherwise replace each other's root and drop files (seen with parallel benchmarks).
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(root, wanted, force)
+
+
+def _build_locked(root: Path, wanted: dict[str, OfflineAsset], force: bool) -> Path:
     recorded = _recorded(root) if is_offline_root(root) else {}
     recipes = {path: asset.recipe() for path, asset in wanted.items()}
     stale = [path for path in wanted if force or recorded.get(path) != recipes[path]]
@@ -428,7 +438,6 @@ def build_offline_assets(
 
     known = {asset.path: asset for assets in OFFLINE_TASKS.values() for asset in assets}
     kept = {p: r for p, r in recorded.items() if p not in stale and p in known and known[p].recipe() == r}
-    root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
     try:
         for path in kept:

@@ -174,3 +174,24 @@ def test_converted_robots_match_the_names_and_structure_the_tasks_address(tmp_pa
     assert str(prims["panda_rightfinger"].GetPath()).endswith("panda_link7/panda_hand/panda_rightfinger")
     for name in ("panda_joint1", "panda_joint7", "panda_finger_joint2"):
         assert prims[name].HasAPI(UsdPhysics.DriveAPI), name
+
+
+def test_concurrent_builds_of_different_tasks_keep_every_file(tmp_path):
+    # Each builder swaps in a whole new root; without the per-root lock a builder for one task
+    # replaced the root another was filling and its files went missing.
+    import subprocess
+    import sys
+
+    root = tmp_path / "root"
+    script = (
+        "import sys; from diffrl.envs.offline_assets import build_offline_assets\n"
+        "build_offline_assets(sys.argv[1], tasks=[sys.argv[2]])"
+    )
+    tasks = ["Isaac-Cartpole", "Isaac-Ant", "Isaac-Humanoid"] * 2
+    builders = [subprocess.Popen([sys.executable, "-c", script, str(root), task]) for task in tasks]
+    assert [builder.wait(timeout=300) for builder in builders] == [0] * len(tasks)
+    from diffrl.envs.offline_assets import _recorded
+
+    expected = {asset.path for task in set(tasks) for asset in OFFLINE_TASKS[task]}
+    assert expected <= set(_recorded(root))
+    assert all((root / path).is_file() for path in expected)
