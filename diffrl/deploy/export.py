@@ -80,13 +80,8 @@ class TruDiSampler(nn.Module):
         self.squash = actor.squash
 
     def forward(self, observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        chain = self.chain
-        noise = noise.unflatten(-1, (chain.num_steps + 1, chain.action_dim))
-        features = chain.net.encode_observation(observation)
-        stds = chain.stds(observation)
-        x = noise[..., 0, :]
-        for row in range(chain.num_steps):  # as DenoisingChain.sample, with the noise given
-            x = chain._mean(x, features, row).mean + stds[row] * noise[..., row + 1, :]
+        steps = noise.unflatten(-1, (self.chain.num_steps + 1, self.chain.action_dim))
+        x = self.chain.sample(observation, noise=steps).chain[..., -1, :]
         return x.tanh() if self.squash else x
 
 

@@ -171,8 +171,13 @@ class DenoisingChain(nn.Module):
         """Exact log p_θ(x_{0:K−1} | x_K, s) of chains [*B, K+1, d] → [*B]."""
         return gaussian_chain_log_prob(chain, self.step_means(chain, observation).mean, self.stds(chain))
 
-    def sample(self, observation: torch.Tensor, deterministic: bool = False) -> ChainSample:
+    def sample(
+        self, observation: torch.Tensor, deterministic: bool = False, noise: torch.Tensor | None = None
+    ) -> ChainSample:
         """Run the chain from x_K ~ N(0, I) (reparameterized: gradients flow through the means).
+
+        ``noise`` [*B, K+1, d] gives the draws instead (x_K first, then each step's standard
+        normal noise), as an exported policy takes them; zeros are the deterministic chain.
 
         ``deterministic=True`` runs the noise-off chain: x_K = 0 and x_{k−1} = μ_θ(x_k, k, s). With
         ``schedule="ddim", ddim_eta=0`` that is DDIM's deterministic sampler. Its ``log_prob`` is
@@ -182,7 +187,9 @@ class DenoisingChain(nn.Module):
         shape = (*observation.shape[:-1], self.action_dim)
         obs_features = self.net.encode_observation(observation)
         stds = self.stds(observation)
-        if deterministic:
+        if noise is not None:
+            x, noise = noise[..., 0, :], noise[..., 1:, :].movedim(-2, 0)
+        elif deterministic:
             x = observation.new_zeros(shape)
             noise = observation.new_zeros((self.num_steps, *shape))
         else:
