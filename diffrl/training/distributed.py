@@ -129,24 +129,25 @@ def merge_normalizer_statistics(
     """Statistics of all ranks' data from each rank's running (count, E[x], E[x²]).
 
     Every rank started from the same ``shared`` statistics (``None``: no data yet) and added
-    its own rollout; the merged statistics are those of the union of the data, computed
-    from sums in float64: ``S = Σ_r count_r·m_r − (W − 1)·count_0·m_0`` for each moment.
+    its own rollout; the merged statistics are those of the union of the data, computed from
+    the sums n, Σx, Σx² in float64: ``S = S_shared + Σ_r (S_r − S_shared)`` for each.
     """
+    local = _moment_sums(statistics)
+    base = _moment_sums(shared) if shared is not None else tuple(sums.apply(torch.zeros_like) for sums in local)
+    count, first, second = (
+        base_sums.apply(lambda b, s: b + all_reduce_sum(s - b), local_sums)
+        for base_sums, local_sums in zip(base, local, strict=True)
+    )
+    like_count, like_mean, like_second = statistics
+    return (
+        count.apply(lambda n, like: n.round().to(like.dtype), like_count),
+        first.apply(lambda total, n, like: (total / n).to(like.dtype), count, like_mean),
+        second.apply(lambda total, n, like: (total / n).to(like.dtype), count, like_second),
+    )
+
+
+def _moment_sums(statistics: tuple[TensorDict, TensorDict, TensorDict]) -> tuple[TensorDict, TensorDict, TensorDict]:
+    """(count, E[x], E[x²]) → (n, Σx, Σx²) in float64."""
     count, mean, second_moment = statistics
-    world_size = dist.get_world_size()
-
-    def sums(count: TensorDict, moment: TensorDict) -> TensorDict:
-        return moment.apply(lambda m, c: m.double() * c.double(), count)
-
-    count_total = count.apply(lambda c: all_reduce_sum(c.double()))
-    mean_total = sums(count, mean).apply(all_reduce_sum)
-    second_total = sums(count, second_moment).apply(all_reduce_sum)
-    if shared is not None:
-        shared_count, shared_mean, shared_second = shared
-        count_total = count_total.apply(lambda c, c0: c - (world_size - 1) * c0.double(), shared_count)
-        mean_total = mean_total.apply(lambda s, s0: s - (world_size - 1) * s0, sums(shared_count, shared_mean))
-        second_total = second_total.apply(lambda s, s0: s - (world_size - 1) * s0, sums(shared_count, shared_second))
-    merged_count = count_total.apply(lambda c, ref: c.round().to(ref.dtype), count)
-    merged_mean = mean_total.apply(lambda s, c, ref: (s / c).to(ref.dtype), count_total, mean)
-    merged_second = second_total.apply(lambda s, c, ref: (s / c).to(ref.dtype), count_total, second_moment)
-    return merged_count, merged_mean, merged_second
+    n = count.apply(lambda c: c.double())
+    return n, mean.apply(lambda m, c: m.double() * c, n), second_moment.apply(lambda m, c: m.double() * c, n)

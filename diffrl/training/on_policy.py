@@ -270,7 +270,6 @@ class OnPolicyTrainer:
             dynamic_ncols=True,
         )
         completed_since_save = 0
-        progress_bar_shown = self.show_progress
         try:
             collect_start = time.perf_counter()
             rollouts = iter(self.collector)
@@ -299,7 +298,7 @@ class OnPolicyTrainer:
                 bar.update(frames)
                 summary = _progress_summary(metrics)
                 bar.set_postfix(summary, refresh=False)
-                if not progress_bar_shown and self.context.is_main:  # logs still show the run's progress
+                if not self.show_progress and self.context.is_main:  # logs still show the run's progress
                     logger.info(
                         "iteration %d, %d frames: %s",
                         self.progress.iteration,
@@ -364,8 +363,8 @@ class OnPolicyTrainer:
 
     def _normalized_advantage(self, advantage: torch.Tensor) -> torch.Tensor:
         """Standardized with the mean and (unbiased) std of the whole rollout, over all ranks."""
-        moments = torch.stack([advantage.double().sum(), advantage.double().pow(2).sum()])
-        moments = torch.cat([moments, moments.new_tensor([advantage.numel()])])
+        wide = advantage.double()
+        moments = torch.stack([wide.sum(), wide.pow(2).sum(), wide.new_tensor(advantage.numel())])
         if self.context.is_distributed:
             moments = parallel.all_reduce_sum(moments)
         total, total_squares, count = moments.unbind()
@@ -378,7 +377,7 @@ class OnPolicyTrainer:
         """Every rank adopts the statistics of all ranks' observations so far."""
         merged = parallel.merge_normalizer_statistics(self.observation_normalizer.statistics(), self._shared_statistics)
         self.observation_normalizer.load_statistics(*merged)
-        self._shared_statistics = self.observation_normalizer.statistics()
+        self._shared_statistics = merged
 
     def _episode_metrics(self, batch: TensorDictBase) -> dict[str, float]:
         """Mean return and length over the last 100 finished episodes (NaN before the first one ends)."""
