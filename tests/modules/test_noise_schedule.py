@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
+import reference_math
 import torch
 
 from diffrl.modules.noise_schedule import NoiseSchedule
 
 
-def cosine_alphas_cumprod(num_steps: int, offset: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
-    """Nichol & Dhariwal (arXiv 2102.09672) eq. 17 with β clipped at 0.999, written out step by step."""
-    f = [math.cos((k / num_steps + offset) / (1 + offset) * math.pi / 2) ** 2 for k in range(num_steps + 1)]
-    values, product = [1.0], 1.0
-    for k in range(1, num_steps + 1):
-        beta = min(1 - (f[k] / f[0]) / (f[k - 1] / f[0]), max_beta)
-        product *= 1 - beta
-        values.append(product)
-    return torch.tensor(values, dtype=torch.float64)
+def cosine_alphas_cumprod(num_steps: int) -> torch.Tensor:
+    return torch.tensor(reference_math.cosine_alphas_cumprod(num_steps), dtype=torch.float64)
 
 
 @pytest.mark.parametrize("num_steps", [1, 5, 20])

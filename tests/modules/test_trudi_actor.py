@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from reference_math import cosine_alphas_cumprod
 from tensordict import TensorDict
 from torch.distributions import Normal
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -13,15 +14,6 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from diffrl.modules.trudi_actor import TruDiActor
 
 D, OBS, K, MIN_STD = 3, 4, 4, 0.1
-
-
-def cosine_alphas_cumprod(num_steps: int) -> list[float]:
-    """Nichol & Dhariwal's cosine ᾱ (s = 0.008, β ≤ 0.999), written out independently of the library."""
-    f = [math.cos((k / num_steps + 0.008) / 1.008 * math.pi / 2) ** 2 for k in range(num_steps + 1)]
-    values = [1.0]
-    for k in range(1, num_steps + 1):
-        values.append(values[-1] * (1 - min(1 - f[k] / f[k - 1], 0.999)))
-    return values
 
 
 def ddpm_step(k: int, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, float]:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from reference_math import cosine_alphas_cumprod
 from tensordict import TensorDict
 from torch import nn
 from torch.distributions import Normal
@@ -59,14 +60,6 @@ def move_policy(actor: TruDiActor, amount: float = 0.002) -> None:
         weight = actor.chain.net.trunk[-1].weight
         weight.add_(amount * torch.randn(weight.shape, generator=generator, dtype=weight.dtype))
         actor.chain.net.trunk[-1].bias.add_(amount)
-
-
-def cosine_alphas_cumprod(num_steps: int) -> list[float]:
-    f = [math.cos((k / num_steps + 0.008) / 1.008 * math.pi / 2) ** 2 for k in range(num_steps + 1)]
-    values = [1.0]
-    for k in range(1, num_steps + 1):
-        values.append(values[-1] * (1 - min(1 - f[k] / f[k - 1], 0.999)))
-    return values
 
 
 def reference_steps(actor: TruDiActor, chain: torch.Tensor, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
