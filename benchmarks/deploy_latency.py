@@ -22,7 +22,8 @@ import torch
 from common import format_machine, format_table, machine_description, median_seconds, set_threads
 
 from diffrl.deploy.export import deployable_policy, export_onnx, export_torchscript
-from diffrl.modules.gaussian_actor import make_gaussian_actor
+from diffrl.modules.denoising_chain import DenoisingChain
+from diffrl.modules.gaussian_actor import GaussianActor
 from diffrl.modules.genpo_actor import GenPOActor
 from diffrl.modules.genpo_flow import GenPOFlow
 from diffrl.modules.trudi_actor import TruDiActor
@@ -37,8 +38,8 @@ def main() -> None:
     set_threads(1)
     actors = {
         "GenPO, velocity MLP [400, 200, 100], N = 5": GenPOActor(GenPOFlow(ACTION_DIM, OBS_DIM)),
-        "TruDi, [256, 256], K = 5": TruDiActor(ACTION_DIM, OBS_DIM, parameterization="mean"),
-        "Gaussian PPO, [400, 200, 100]": make_gaussian_actor(ACTION_DIM, OBS_DIM),
+        "TruDi, [256, 256], K = 5": TruDiActor(DenoisingChain(ACTION_DIM, OBS_DIM, parameterization="mean")),
+        "Gaussian PPO, [400, 200, 100]": GaussianActor(ACTION_DIM, OBS_DIM),
     }
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3

@@ -38,7 +38,7 @@ from torch import nn
 from torchrl.modules import MLP
 from torchrl.objectives import ClipPPOLoss, LossModule
 
-from diffrl.modules.gaussian_actor import make_gaussian_actor
+from diffrl.modules.gaussian_actor import GaussianActor
 from diffrl.modules.genpo_actor import GenPOActor
 from diffrl.modules.genpo_flow import GenPOFlow
 from diffrl.objectives.genpo import GenPOLoss
@@ -70,7 +70,7 @@ def _observations(batch: int, obs_dim: int, device: torch.device) -> TensorDict:
 
 
 def gaussian_case(obs: torch.Tensor, action_dim: int, hidden_sizes: Sequence[int], **_: Any) -> PolicyCase:
-    actor = make_gaussian_actor(action_dim, obs.shape[-1], hidden_sizes).to(obs.device)
+    actor = GaussianActor(action_dim, obs.shape[-1], hidden_sizes).to(obs.device)
     mean = next(module for module in actor.modules() if isinstance(module, MLP))
     loss = ClipPPOLoss(actor, None, critic_coeff=None, entropy_coeff=0.005)
     return PolicyCase(lambda: mean(obs), actor, "action", {"sample": 1, "log_prob": 1, "loss_backward": 1}, loss)
@@ -89,9 +89,12 @@ def genpo_case(obs: torch.Tensor, action_dim: int, hidden_sizes: Sequence[int], 
 
 
 def trudi_case(obs: torch.Tensor, action_dim: int, hidden_sizes: Sequence[int], num_steps: int) -> PolicyCase:
+    from diffrl.modules.denoising_chain import DenoisingChain
     from diffrl.modules.trudi_actor import TruDiActor
 
-    actor = TruDiActor(action_dim, obs.shape[-1], num_steps=num_steps, hidden_sizes=hidden_sizes).to(obs.device)
+    actor = TruDiActor(DenoisingChain(action_dim, obs.shape[-1], num_steps=num_steps, hidden_sizes=hidden_sizes)).to(
+        obs.device
+    )
     net = actor.chain.net
     features = net.encode_observation(obs)
     x = torch.randn(*obs.shape[:-1], action_dim, device=obs.device)

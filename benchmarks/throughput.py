@@ -53,7 +53,7 @@ RECIPE_OVERRIDES: dict[tuple[str, str], tuple[str, list[str]]] = {
     # Observation normalization off, as in rsl_rl's Ant reference and the PPO baseline; it is also
     # unusable on Isaac-Ant for now: TorchRL 0.14.1's VecNormV2 turns its constant observation
     # features into NaN (its variance E[x²] − E[x]² comes out negative by round-off, then sqrt).
-    ("genpo", "Isaac-Ant"): ("genpo_isaaclab", ["task=ant", "algorithm.trainer.normalize_observations=false"]),
+    ("genpo", "Isaac-Ant"): ("genpo_isaaclab", ["task=ant", "algorithm.normalize_observations=false"]),
 }
 RSL_RL_ITERATION = re.compile(r"Collection time:\s*([\d.]+)s\s*\n\s*Learning time:\s*([\d.]+)s")
 
@@ -62,9 +62,9 @@ def recipe_config(algorithm: str, task: str, num_envs: int, device: str, iterati
     """The recipe's Hydra config for ``algorithm`` on ``task``, sized for ``iterations`` iterations."""
     from hydra import compose, initialize_config_dir
 
-    from diffrl.training.recipe import register_resolvers
+    from diffrl.training.recipe import register_configs
 
-    register_resolvers()
+    register_configs()
     config_name, overrides = RECIPE_OVERRIDES[(algorithm, task)]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name, overrides=[*overrides, f"env.num_envs={num_envs}", f"env.device={device}"])

@@ -41,13 +41,11 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torchrl.modules import ProbabilisticActor
 
 from diffrl.deploy.policy_loading import LoadedPolicy, load_policy
 from diffrl.deploy.tracking import child_run, source_run
-from diffrl.modules.genpo_actor import GenPOActor
-from diffrl.modules.genpo_flow import GenPOFlow
-from diffrl.modules.trudi_actor import TruDiActor
+from diffrl.modules.generative_policy import ExportableActor
+from diffrl.training.run_directory import RunDirectory
 
 logger = logging.getLogger("diffrl.deploy")
 
@@ -60,54 +58,18 @@ OUTPUT_NAME = "action"
 CONTRACT_VERSION = 1
 
 
-class GenPOSampler(nn.Module):
-    """GenPO's N-step doubled-action flow from explicit base noise: [B, o], [B, 2d] → action [B, d]."""
-
-    def __init__(self, flow: GenPOFlow) -> None:
-        super().__init__()
-        self.flow = flow
-
-    def forward(self, observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.flow.action_from_latent(self.flow(noise, observation))
-
-
-class TruDiSampler(nn.Module):
-    """TruDi's K-step denoising chain from explicit noise: [B, o], [B, (K+1)·d] → action [B, d]."""
-
-    def __init__(self, actor: TruDiActor) -> None:
-        super().__init__()
-        self.chain = actor.chain
-        self.squash = actor.squash
-
-    def forward(self, observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        steps = noise.unflatten(-1, (self.chain.num_steps + 1, self.chain.action_dim))
-        x = self.chain.sample(observation, noise=steps).chain[..., -1, :]
-        return x.tanh() if self.squash else x
-
-
-class GaussianSampler(nn.Module):
-    """The Gaussian actor's reparameterized sample μ_θ(s) + σ ⊙ noise: [B, o], [B, d] → [B, d]."""
-
-    def __init__(self, actor: ProbabilisticActor) -> None:
-        super().__init__()
-        self.loc_and_scale = actor.module[0].module  # nn.Sequential(mean MLP, AddStateIndependentNormalScale)
-
-    def forward(self, observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        loc, scale = self.loc_and_scale(observation)
-        return loc + scale * noise
-
-
 class DeployablePolicy(nn.Module):
     """``action = sampler((observation − loc) / scale, noise)``: the graph that is exported.
 
     Args:
-        sampler: a :class:`GenPOSampler`, :class:`TruDiSampler` or :class:`GaussianSampler`.
+        sampler: an actor's :meth:`export_sampler` (the actor contract of
+            :mod:`diffrl.modules.generative_policy`).
         obs_dim, action_dim, noise_dim: o, d, n.
         obs_loc, obs_scale: the baked observation normalization [o] (``None``: identity).
 
     Example:
         >>> import torch
-        >>> from diffrl.modules.genpo_actor import GenPOActor
+        >>> from diffrl.modules import GenPOActor, GenPOFlow
         >>> actor = GenPOActor(GenPOFlow(action_dim=2, obs_dim=3, hidden_sizes=[16]))
         >>> policy = deployable_policy(actor)
         >>> policy(torch.randn(5, 3), torch.zeros(5, policy.noise_dim)).shape
@@ -137,31 +99,17 @@ class DeployablePolicy(nn.Module):
 def deployable_policy(
     actor: nn.Module, obs_loc: torch.Tensor | None = None, obs_scale: torch.Tensor | None = None
 ) -> DeployablePolicy:
-    """The :class:`DeployablePolicy` of a GenPO, TruDi or Gaussian actor (a copy: the actor is not shared)."""
-    if isinstance(actor, GenPOActor):
-        flow = actor.flow
-        sampler: nn.Module = GenPOSampler(flow)
-        obs_dim, action_dim, noise_dim = flow.obs_dim, flow.action_dim, 2 * flow.action_dim
-    elif isinstance(actor, TruDiActor):
-        sampler = TruDiSampler(actor)
-        net = actor.chain.net
-        obs_dim, action_dim = net.obs_in.in_features, actor.chain.action_dim
-        noise_dim = (actor.num_steps + 1) * action_dim
-    elif isinstance(actor, ProbabilisticActor):
-        sampler = GaussianSampler(actor)
-        action_dim = sampler.loc_and_scale[1].state_independent_scale.shape[-1]
-        obs_dim = next(m for m in sampler.loc_and_scale.modules() if isinstance(m, nn.Linear)).in_features
-        noise_dim = action_dim
-    else:
+    """The :class:`DeployablePolicy` of any actor that keeps the actor contract (a copy: the actor is not shared)."""
+    if not isinstance(actor, ExportableActor):
         raise TypeError(
-            f"cannot export a {type(actor).__name__}: supported actors are GenPOActor, TruDiActor and the "
-            "Gaussian ProbabilisticActor of make_gaussian_actor"
+            f"cannot export a {type(actor).__name__}: an exportable actor has obs_dim, action_dim, noise_dim, "
+            "export_sampler() and sampler_description() (GenPOActor, TruDiActor, GaussianActor)"
         )
     policy = DeployablePolicy(
-        copy.deepcopy(sampler),
-        obs_dim=obs_dim,
-        action_dim=action_dim,
-        noise_dim=noise_dim,
+        copy.deepcopy(actor.export_sampler()),
+        obs_dim=actor.obs_dim,
+        action_dim=actor.action_dim,
+        noise_dim=actor.noise_dim,
         obs_loc=obs_loc,
         obs_scale=obs_scale,
     )
@@ -198,18 +146,8 @@ class ExportResult:
 def _contract(loaded: LoadedPolicy, policy: DeployablePolicy, files: dict[str, Path]) -> dict[str, Any]:
     actor_cfg = loaded.config["algorithm"]["actor"]
     algorithm = loaded.algorithm
-    if isinstance(loaded.actor, GenPOActor):
-        layout = "[x_0 (d), y_0 (d)]: the base noise of GenPO's doubled action; action = (x_N + y_N)/2"
-        sampler = {"kind": "genpo_flow", "steps": loaded.actor.flow.num_steps, "mix": loaded.actor.flow.mix}
-        squash = False
-    elif isinstance(loaded.actor, TruDiActor):
-        layout = "[K+1, d] row-major, chain order: x_K (prior draw), then eps of the steps k = K..1"
-        sampler = {"kind": "trudi_denoising_chain", "steps": loaded.actor.num_steps}
-        squash = loaded.actor.squash
-    else:
-        layout = "[d]: action = mean(observation) + std * noise"
-        sampler = {"kind": "gaussian", "steps": 1}
-        squash = False
+    description = dict(loaded.actor.sampler_description())
+    layout, squash = description.pop("noise_layout"), description.pop("squash")
     normalizer = None
     if loaded.observation_normalizer is not None:
         normalizer = {
@@ -249,12 +187,12 @@ def _contract(loaded: LoadedPolicy, policy: DeployablePolicy, files: dict[str, P
             }
         ],
         "action": {
-            "squash": "tanh" if squash else None,
-            "range": [-1.0, 1.0] if squash else None,
+            "squash": squash,
+            "range": [-1.0, 1.0] if squash == "tanh" else None,
             "clipping": "none in the policy: the env's action term scales/clips it (e.g. Isaac Lab's joint "
             "effort scale); apply the same on the robot",
         },
-        "sampler": {**sampler, "unrolled": True},
+        "sampler": {**description, "unrolled": True},
         "observation_normalizer": normalizer,
         "actor_config": actor_cfg,
         "torch_version": torch.__version__,
@@ -328,8 +266,7 @@ def export_policy(
     affine = normalization_affine(loaded)
     policy = deployable_policy(loaded.actor, *(affine or (None, None)))
     if output_dir is None:
-        base = loaded.run_dir if loaded.run_dir is not None else loaded.source.parent
-        output_dir = base / "export"
+        output_dir = RunDirectory(loaded.run_dir if loaded.run_dir is not None else loaded.source.parent).export
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 

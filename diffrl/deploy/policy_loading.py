@@ -25,15 +25,14 @@ from tensordict import TensorDict
 from tensordict.nn import TensorDictModuleBase
 from torchrl.checkpoint import Checkpoint, CheckpointError
 
+from diffrl.envs.observation_normalizer import ObservationNormalizer
 from diffrl.training.checkpoint_files import verify_tensor_files
-from diffrl.training.experiment import RUN_INFO, actor_dimensions
-from diffrl.training.observation_normalizer import ObservationNormalizer
+from diffrl.training.experiment import actor_dimensions
+from diffrl.training.run_directory import CHECKPOINT_PREFIX, RunDirectory
 
 logger = logging.getLogger("diffrl.deploy")
 
-POLICY_FILE = "policy.pt"
-CONFIG_FILE = "config.yaml"
-CHECKPOINTS_DIR = "checkpoints"
+POLICY_ARTIFACT = RunDirectory("").policy.name  # the training run logs policy.pt at its artifact root
 
 
 @dataclass
@@ -75,11 +74,6 @@ class LoadedPolicy:
         return self.observation_normalizer.normalize(data)[self.observation_key]
 
 
-def _latest_checkpoint(checkpoints: Path) -> Path | None:
-    found = sorted(path for path in checkpoints.glob("checkpoint-*") if path.is_dir())
-    return found[-1] if found else None
-
-
 def _rebuild(
     actor_state: dict[str, torch.Tensor],
     normalizer_state: dict[str, Any] | None,
@@ -88,16 +82,17 @@ def _rebuild(
     run_dir: Path | None,
     dims: tuple[int, int],
 ) -> LoadedPolicy:
-    """The actor (and normalizer) the config builds for ``dims`` = (o, d), with the saved states loaded."""
+    """The actor (and normalizer) the config builds for ``dims`` = (o, d), with the saved states loaded.
+
+    Whether the run normalized observations is read off what was saved (a normalizer state or none),
+    not off the config."""
     actor_cfg = OmegaConf.create(config["algorithm"]["actor"])
     observation_key = config["env"]["observation_key"]
     actor = instantiate(actor_cfg, observation_key=observation_key, **actor_dimensions(actor_cfg, *dims))
     normalizer = None
     try:
         actor.load_state_dict(actor_state)
-        if config["algorithm"]["trainer"].get("normalize_observations", False):
-            if normalizer_state is None:
-                raise ValueError("the config normalizes observations but no normalizer statistics were saved")
+        if normalizer_state is not None:
             normalizer = ObservationNormalizer.for_key(observation_key)
             with warnings.catch_warnings():  # "VecNorm wasn't initialized": irrelevant in one process
                 warnings.filterwarnings("ignore", message="VecNorm wasn't initialized")
@@ -118,7 +113,7 @@ def _load_policy_file(path: Path) -> LoadedPolicy:
     expected = {"actor", "config", "obs_dim", "action_dim"}
     if not isinstance(saved, dict) or not expected <= saved.keys():
         raise ValueError(f"{path} is not a diffrl policy file (expected the keys {sorted(expected)})")
-    run_dir = path.parent if (path.parent / RUN_INFO).exists() else None
+    run_dir = path.parent if RunDirectory(path.parent).run_info.exists() else None
     dims = (saved["obs_dim"], saved["action_dim"])
     return _rebuild(saved["actor"], saved.get("observation_normalizer"), saved["config"], path, run_dir, dims)
 
@@ -139,10 +134,12 @@ class _StateReceiver:
 def _load_checkpoint(path: Path) -> LoadedPolicy:
     if not Checkpoint.is_checkpoint(path):
         raise ValueError(f"{path} is not a TorchRL checkpoint (no readable manifest): corrupted or wrong path")
-    run_dir = path.resolve().parent.parent
-    config_path = run_dir / CONFIG_FILE
+    layout = RunDirectory.of_checkpoint(path)
+    run_dir, config_path = layout.root, layout.config
     if not config_path.exists():
-        raise ValueError(f"checkpoint {path} has no {CONFIG_FILE} two levels up ({config_path}): cannot rebuild it")
+        raise ValueError(
+            f"checkpoint {path} has no {config_path.name} two levels up ({config_path}): cannot rebuild it"
+        )
     config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
     for component in path.glob("components/*-actor"):
         verify_tensor_files(component)
@@ -188,17 +185,22 @@ def load_policy(path: str | os.PathLike) -> LoadedPolicy:
         raise ValueError(f"{path} does not exist")
     if path.is_file():
         return _load_policy_file(path)
-    if (path / POLICY_FILE).is_file():
-        return _load_policy_file(path / POLICY_FILE)
-    if (path / CHECKPOINTS_DIR).is_dir():
-        latest = _latest_checkpoint(path / CHECKPOINTS_DIR)
+    layout = RunDirectory(path)
+    if layout.policy.is_file():
+        return _load_policy_file(layout.policy)
+    if layout.checkpoints.is_dir():
+        latest = layout.latest_checkpoint()
         if latest is None:
-            raise ValueError(f"run directory {path} has neither {POLICY_FILE} nor a checkpoint in {CHECKPOINTS_DIR}/")
-        logger.info("%s has no %s: using its latest checkpoint %s", path, POLICY_FILE, latest.name)
+            raise ValueError(
+                f"run directory {path} has neither {layout.policy.name} nor a checkpoint in {layout.checkpoints.name}/"
+            )
+        logger.info("%s has no %s: using its latest checkpoint %s", path, layout.policy.name, latest.name)
         return _load_checkpoint(latest)
-    if (path / "components").is_dir() or path.name.startswith("checkpoint-"):
+    if (path / "components").is_dir() or path.name.startswith(CHECKPOINT_PREFIX):
         return _load_checkpoint(path)
-    raise ValueError(f"{path} is neither a run directory (no {POLICY_FILE}, no {CHECKPOINTS_DIR}/) nor a checkpoint")
+    raise ValueError(
+        f"{path} is neither a run directory (no {layout.policy.name}, no {layout.checkpoints.name}/) nor a checkpoint"
+    )
 
 
 def download_policy(run_id: str, tracking_uri: str, destination: str | os.PathLike | None = None) -> Path:
@@ -209,7 +211,7 @@ def download_policy(run_id: str, tracking_uri: str, destination: str | os.PathLi
     destination = Path(destination) if destination is not None else Path(tempfile.mkdtemp(prefix="diffrl-policy-"))
     destination.mkdir(parents=True, exist_ok=True)
     try:
-        local = MlflowClient(tracking_uri).download_artifacts(run_id, POLICY_FILE, os.fspath(destination))
+        local = MlflowClient(tracking_uri).download_artifacts(run_id, POLICY_ARTIFACT, os.fspath(destination))
     except MlflowException as error:
-        raise ValueError(f"MLflow run {run_id} in {tracking_uri} has no {POLICY_FILE} artifact: {error}") from error
+        raise ValueError(f"MLflow run {run_id} in {tracking_uri} has no {POLICY_ARTIFACT} artifact: {error}") from error
     return Path(local)

@@ -11,14 +11,14 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from diffrl.deploy.policy_loading import RUN_INFO
+from diffrl.training.run_directory import RunDirectory
 
 logger = logging.getLogger("diffrl.deploy")
 
 
 def source_run(run_dir: str | Path) -> tuple[str, str] | None:
     """``(tracking_uri, run_id)`` of the training run a run directory's ``run.json`` names, or ``None``."""
-    info_path = Path(run_dir) / RUN_INFO
+    info_path = RunDirectory(run_dir).run_info
     if not info_path.exists():
         return None
     info = json.loads(info_path.read_text())

@@ -117,7 +117,7 @@ class DenoisingChain(nn.Module):
             raise ValueError(f"denoised_clip must be > 0 or None, got {denoised_clip}")
         if schedule == "ddpm" and ddim_eta != 0.0:
             raise ValueError("ddim_eta applies to schedule='ddim' only (DDPM is DDIM with eta=1)")
-        self.action_dim, self.num_steps = action_dim, num_steps
+        self.action_dim, self.obs_dim, self.num_steps = action_dim, obs_dim, num_steps
         self.parameterization = parameterization
         self.denoised_clip = denoised_clip if parameterization == "epsilon" else None
         self.learn_std = learn_std

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
+import torch
 from tensordict.nn import AddStateIndependentNormalScale, TensorDictModule
 from tensordict.utils import NestedKey
 from torch import nn
@@ -17,15 +19,7 @@ from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor
 from diffrl.modules.velocity_net import Activation, activation_class
 
 
-def make_gaussian_actor(
-    action_dim: int,
-    obs_dim: int,
-    hidden_sizes: Sequence[int] = (400, 200, 100),
-    activation: Activation = "elu",
-    init_std: float = 1.0,
-    min_std: float = 1e-4,
-    observation_key: NestedKey = "observation",
-) -> ProbabilisticActor:
+class GaussianActor(ProbabilisticActor):
     """π_θ(a|s) = N(μ_θ(s), diag(σ²)) with σ = exp(log σ) a learned parameter shared by all states.
 
     The policy of rsl_rl's ``ActorCritic`` (Isaac Lab's reference PPO): an MLP mean and a
@@ -50,7 +44,7 @@ def make_gaussian_actor(
         >>> import torch
         >>> from tensordict import TensorDict
         >>> from torchrl.envs.utils import ExplorationType, set_exploration_type
-        >>> actor = make_gaussian_actor(action_dim=2, obs_dim=3, hidden_sizes=[16])
+        >>> actor = GaussianActor(action_dim=2, obs_dim=3, hidden_sizes=[16])
         >>> td = actor(TensorDict({"observation": torch.randn(5, 3)}, batch_size=[5]))
         >>> td["action"].shape, td["action_log_prob"].shape
         (torch.Size([5, 2]), torch.Size([5]))
@@ -59,22 +53,62 @@ def make_gaussian_actor(
         >>> torch.equal(td["action"], td["loc"])
         True
     """
-    if init_std <= 0 or min_std <= 0 or init_std < min_std:
-        raise ValueError(f"need 0 < min_std <= init_std, got {init_std=}, {min_std=}")
-    mean = MLP(
-        in_features=obs_dim,
-        out_features=action_dim,
-        num_cells=list(hidden_sizes),
-        activation_class=activation_class(activation),
-    )
-    scale = AddStateIndependentNormalScale(
-        action_dim, scale_mapping="exp", scale_lb=min_std, init_value=math.log(init_std)
-    )
-    return ProbabilisticActor(
-        TensorDictModule(nn.Sequential(mean, scale), in_keys=[observation_key], out_keys=["loc", "scale"]),
-        in_keys=["loc", "scale"],
-        out_keys=["action"],
-        distribution_class=IndependentNormal,
-        return_log_prob=True,
-        default_interaction_type=ExplorationType.RANDOM,
-    )
+
+    def __init__(
+        self,
+        action_dim: int,
+        obs_dim: int,
+        hidden_sizes: Sequence[int] = (400, 200, 100),
+        activation: Activation = "elu",
+        init_std: float = 1.0,
+        min_std: float = 1e-4,
+        observation_key: NestedKey = "observation",
+    ) -> None:
+        if init_std <= 0 or min_std <= 0 or init_std < min_std:
+            raise ValueError(f"need 0 < min_std <= init_std, got {init_std=}, {min_std=}")
+        mean = MLP(
+            in_features=obs_dim,
+            out_features=action_dim,
+            num_cells=list(hidden_sizes),
+            activation_class=activation_class(activation),
+        )
+        scale = AddStateIndependentNormalScale(
+            action_dim, scale_mapping="exp", scale_lb=min_std, init_value=math.log(init_std)
+        )
+        super().__init__(
+            TensorDictModule(nn.Sequential(mean, scale), in_keys=[observation_key], out_keys=["loc", "scale"]),
+            in_keys=["loc", "scale"],
+            out_keys=["action"],
+            distribution_class=IndependentNormal,
+            return_log_prob=True,
+            default_interaction_type=ExplorationType.RANDOM,
+        )
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+
+    @property
+    def noise_dim(self) -> int:
+        """d: action = μ_θ(s) + σ ⊙ noise."""
+        return self.action_dim
+
+    def export_sampler(self) -> nn.Module:
+        return GaussianSampler(self.module[0].module)
+
+    def sampler_description(self) -> dict[str, Any]:
+        return {
+            "kind": "gaussian",
+            "steps": 1,
+            "noise_layout": "[d]: action = mean(observation) + std * noise",
+            "squash": None,
+        }
+
+
+class GaussianSampler(nn.Module):
+    """The reparameterized sample μ_θ(s) + σ ⊙ noise: [B, o], [B, d] → [B, d]."""
+
+    def __init__(self, loc_and_scale: nn.Module) -> None:
+        super().__init__()
+        self.loc_and_scale = loc_and_scale  # nn.Sequential(mean MLP, AddStateIndependentNormalScale)
+
+    def forward(self, observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        loc, scale = self.loc_and_scale(observation)
+        return loc + scale * noise

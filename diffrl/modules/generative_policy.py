@@ -1,14 +1,46 @@
-"""What GenPO's and TruDi's actors share: keys TorchRL's losses read, and the observation check."""
+"""What every diffrl actor offers: its sizes, its exportable sampler, and checked observations.
+
+The actor contract (GenPO, TruDi-PPO and the Gaussian baseline all keep it):
+
+- ``obs_dim`` (o), ``action_dim`` (d) and ``noise_dim`` (n): the sizes of the exported sampler;
+- :meth:`export_sampler`: an ``nn.Module`` ``(observation [B, o], noise [B, n]) -> action [B, d]``
+  whose standard normal ``noise`` input replaces every random draw (zeros: the deterministic
+  action), which :mod:`diffrl.deploy.export` bakes the observation normalizer into;
+- :meth:`sampler_description`: what the deploy contract (``policy.json``) says of the sampler.
+
+Generative actors build on :class:`GenerativePolicy`: the keys TorchRL's losses read, and the
+observation check through the actor's :class:`~diffrl.numerics.NumericsMonitor`.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from tensordict.utils import NestedKey
+from torch import nn
 from torchrl.envs.utils import ExplorationType
 
+from diffrl.numerics import NumericsMonitor
+
 DETERMINISTIC_EXPLORATION = (ExplorationType.DETERMINISTIC, ExplorationType.MODE, ExplorationType.MEAN)
+
+
+@runtime_checkable
+class ExportableActor(Protocol):
+    """The actor contract :mod:`diffrl.deploy` relies on (see the module docstring)."""
+
+    obs_dim: int
+    action_dim: int
+
+    @property
+    def noise_dim(self) -> int: ...
+
+    def export_sampler(self) -> nn.Module: ...
+
+    def sampler_description(self) -> dict[str, Any]: ...
 
 
 class GenerativePolicy(TensorDictModuleBase):
@@ -18,7 +50,8 @@ class GenerativePolicy(TensorDictModuleBase):
         observation_key: where the observation [*B, o] is read.
         sample_key: where the sample the loss re-evaluates is stored.
         log_prob_key: where its log-likelihood [*B] is stored.
-        check_finite: raise on a non-finite observation, naming the offending batch entries.
+        check_finite: check observations (and, per actor, samples) for NaN/inf through
+            :attr:`numerics`: at once by default, once per rollout in the trainer.
     """
 
     def __init__(
@@ -27,7 +60,7 @@ class GenerativePolicy(TensorDictModuleBase):
         super().__init__()
         self.observation_key = observation_key
         self.log_prob_key = log_prob_key
-        self.check_finite = check_finite
+        self.numerics = NumericsMonitor("immediate" if check_finite else "off")
         self._sample_key = sample_key
 
     @property
@@ -40,12 +73,11 @@ class GenerativePolicy(TensorDictModuleBase):
         return [self._sample_key]
 
     def _observation(self, tensordict: TensorDictBase) -> torch.Tensor:
-        observation = tensordict.get(self.observation_key)
-        if self.check_finite:
-            bad = ~torch.isfinite(observation).all(-1)
-            if bad.any():
-                raise ValueError(
-                    f"non-finite observation under {self.observation_key!r} for {int(bad.sum())} of "
-                    f"{bad.numel()} batch entries (first at index {bad.nonzero()[0].tolist()})"
-                )
+        observation = tensordict.get(self.observation_key, None)
+        if observation is None:
+            raise KeyError(
+                f"the actor reads the observation {self.observation_key!r}, which the tensordict does not have "
+                f"(its keys: {sorted(str(key) for key in tensordict.keys(True, True))})"
+            )
+        self.numerics.require_finite(observation, f"observation {self.observation_key!r}", tensordict)
         return observation

@@ -5,9 +5,12 @@ Symbols: B the batch shape, o the observation size, d the action dimension.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
+from torch import nn
 from torchrl.envs.utils import exploration_type
 
 from diffrl.modules.generative_policy import DETERMINISTIC_EXPLORATION, GenerativePolicy
@@ -35,8 +38,8 @@ class GenPOActor(GenerativePolicy):
         observation_key: where the observation is read (Isaac Lab's own wrapper calls it
             ``"policy"``).
         action_key, latent_key, log_prob_key: where the outputs are written.
-        check_finite: raise on a non-finite observation (naming the offending batch
-            entries) or action (a diverged network); two host synchronizations per call.
+        check_finite: check observations and sampled latents (a diverged network) for NaN/inf
+            through :attr:`numerics` (at once by default; once per rollout in the trainer).
 
     Example:
         >>> import torch
@@ -66,6 +69,31 @@ class GenPOActor(GenerativePolicy):
         self.in_keys = [observation_key]
         self.out_keys = [action_key, latent_key, log_prob_key]
 
+    @property
+    def obs_dim(self) -> int:
+        return self.flow.obs_dim
+
+    @property
+    def action_dim(self) -> int:
+        return self.flow.action_dim
+
+    @property
+    def noise_dim(self) -> int:
+        """2d: the base noise (x_0, y_0) of the doubled action."""
+        return 2 * self.flow.action_dim
+
+    def export_sampler(self) -> nn.Module:
+        return GenPOSampler(self.flow)
+
+    def sampler_description(self) -> dict[str, Any]:
+        return {
+            "kind": "genpo_flow",
+            "steps": self.flow.num_steps,
+            "mix": self.flow.mix,
+            "noise_layout": "[x_0 (d), y_0 (d)]: the base noise of GenPO's doubled action; action = (x_N + y_N)/2",
+            "squash": None,
+        }
+
     def get_dist(self, tensordict: TensorDictBase) -> GenPODistribution:
         """The policy's distribution over latent actions at the tensordict's observations."""
         return GenPODistribution(self.flow, self._observation(tensordict))
@@ -79,13 +107,20 @@ class GenPOActor(GenerativePolicy):
         else:
             noise = torch.randn(noise_shape, dtype=observation.dtype, device=observation.device)
         latent = self.flow(noise, observation)
-        if self.check_finite and not torch.isfinite(latent).all():
-            raise FloatingPointError(
-                "GenPO flow produced non-finite actions from finite observations: the velocity net has diverged "
-                f"(max |parameter| = {max(float(p.abs().max()) for p in self.flow.parameters()):.3g})"
-            )
+        self.numerics.require_finite(latent, "GenPO latent action (the velocity net has diverged)", tensordict)
         log_prob = self.flow.log_prob_of_noise(noise)
         tensordict.set(self.action_key, self.flow.action_from_latent(latent))
         tensordict.set(self.latent_key, latent)
         tensordict.set(self.log_prob_key, log_prob)
         return tensordict
+
+
+class GenPOSampler(nn.Module):
+    """GenPO's N-step doubled-action flow from explicit base noise: [B, o], [B, 2d] → action [B, d]."""
+
+    def __init__(self, flow: GenPOFlow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.flow.action_from_latent(self.flow(noise, observation))

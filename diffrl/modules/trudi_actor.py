@@ -6,18 +6,17 @@ denoising steps.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from tensordict import TensorDictBase
 from tensordict.utils import NestedKey
+from torch import nn
 from torchrl.envs.utils import exploration_type
 
-from diffrl.modules.denoising_chain import DenoisingChain, Parameterization
+from diffrl.modules.denoising_chain import DenoisingChain
 from diffrl.modules.generative_policy import DETERMINISTIC_EXPLORATION, GenerativePolicy
-from diffrl.modules.noise_schedule import ScheduleKind
 from diffrl.modules.trudi_distribution import TruDiDistribution
-from diffrl.modules.velocity_net import Activation
 
 
 class TruDiActor(GenerativePolicy):
@@ -40,20 +39,19 @@ class TruDiActor(GenerativePolicy):
     that chain's density under the stochastic policy (see :meth:`DenoisingChain.sample`).
 
     Args:
-        action_dim, obs_dim, num_steps, hidden_sizes, activation, time_embed_dim, min_std,
-            learn_std, parameterization, schedule, ddim_eta, denoised_clip: the
-            :class:`~diffrl.modules.denoising_chain.DenoisingChain`.
+        chain: the :class:`~diffrl.modules.denoising_chain.DenoisingChain`.
         squash: execute tanh(x_0) instead of x_0 (bounded actions). ``"action_log_prob"`` stays
             the likelihood of the stored, pre-squash chain: tanh is a fixed bijection, so its
             Jacobian cancels in every ratio and KL the loss uses.
         observation_key: where the observation is read (Isaac Lab's own wrapper: ``"policy"``).
         action_key, chain_key, means_key, stds_key, log_prob_key: where the outputs are written.
-        check_finite: raise on a non-finite observation, naming the offending batch entries.
+        check_finite: check observations for NaN/inf through :attr:`numerics` (at once by default;
+            once per rollout in the trainer).
 
     Example:
         >>> import torch
         >>> from tensordict import TensorDict
-        >>> actor = TruDiActor(action_dim=2, obs_dim=3, num_steps=4, hidden_sizes=[16])
+        >>> actor = TruDiActor(DenoisingChain(action_dim=2, obs_dim=3, num_steps=4, hidden_sizes=[16]))
         >>> td = actor(TensorDict({"observation": torch.randn(5, 3)}, batch_size=[5]))
         >>> td["action"].shape, td["denoising_chain"].shape, td["action_log_prob"].shape
         (torch.Size([5, 2]), torch.Size([5, 5, 2]), torch.Size([5]))
@@ -61,20 +59,9 @@ class TruDiActor(GenerativePolicy):
 
     def __init__(
         self,
-        action_dim: int,
-        obs_dim: int,
-        num_steps: int = 5,
-        hidden_sizes: Sequence[int] = (256, 256),
-        activation: Activation = "mish",
-        time_embed_dim: int = 32,
-        min_std: float = 0.1,
-        learn_std: bool = False,
-        parameterization: Parameterization = "epsilon",
-        schedule: ScheduleKind = "ddpm",
-        ddim_eta: float = 0.0,
-        denoised_clip: float | None = 1.0,
-        squash: bool = False,
+        chain: DenoisingChain,
         *,
+        squash: bool = False,
         observation_key: NestedKey = "observation",
         action_key: NestedKey = "action",
         chain_key: NestedKey = "denoising_chain",
@@ -86,20 +73,7 @@ class TruDiActor(GenerativePolicy):
         super().__init__(
             observation_key=observation_key, sample_key=chain_key, log_prob_key=log_prob_key, check_finite=check_finite
         )
-        self.chain = DenoisingChain(
-            action_dim,
-            obs_dim,
-            num_steps=num_steps,
-            hidden_sizes=hidden_sizes,
-            activation=activation,
-            time_embed_dim=time_embed_dim,
-            min_std=min_std,
-            learn_std=learn_std,
-            parameterization=parameterization,
-            schedule=schedule,
-            ddim_eta=ddim_eta,
-            denoised_clip=denoised_clip,
-        )
+        self.chain = chain
         self.action_key, self.chain_key = action_key, chain_key
         self.means_key, self.stds_key = means_key, stds_key
         self.squash = squash
@@ -113,6 +87,30 @@ class TruDiActor(GenerativePolicy):
     @property
     def learn_std(self) -> bool:
         return self.chain.learn_std
+
+    @property
+    def obs_dim(self) -> int:
+        return self.chain.obs_dim
+
+    @property
+    def action_dim(self) -> int:
+        return self.chain.action_dim
+
+    @property
+    def noise_dim(self) -> int:
+        """(K+1)·d: x_K, then the K steps' noises."""
+        return (self.chain.num_steps + 1) * self.chain.action_dim
+
+    def export_sampler(self) -> nn.Module:
+        return TruDiSampler(self.chain, self.squash)
+
+    def sampler_description(self) -> dict[str, Any]:
+        return {
+            "kind": "trudi_denoising_chain",
+            "steps": self.chain.num_steps,
+            "noise_layout": "[K+1, d] row-major, chain order: x_K (prior draw), then eps of the steps k = K..1",
+            "squash": "tanh" if self.squash else None,
+        }
 
     def get_dist(self, tensordict: TensorDictBase) -> TruDiDistribution:
         """The policy's distribution over denoising chains at the tensordict's observations."""
@@ -131,3 +129,16 @@ class TruDiActor(GenerativePolicy):
         tensordict.set(self.stds_key, self.chain.stds(observation).expand_as(sample.mean))
         tensordict.set(self.log_prob_key, sample.log_prob)
         return tensordict
+
+
+class TruDiSampler(nn.Module):
+    """The K-step denoising chain from explicit noise: [B, o], [B, (K+1)·d] → action [B, d]."""
+
+    def __init__(self, chain: DenoisingChain, squash: bool) -> None:
+        super().__init__()
+        self.chain, self.squash = chain, squash
+
+    def forward(self, observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        steps = noise.unflatten(-1, (self.chain.num_steps + 1, self.chain.action_dim))
+        x = self.chain.sample(observation, noise=steps).chain[..., -1, :]
+        return x.tanh() if self.squash else x

@@ -1,54 +1,107 @@
-"""What GenPO's and TruDi's losses share around their policy terms."""
+"""What GenPO's and TruDi-PPO's losses share around their policy terms."""
 
 from __future__ import annotations
 
 import torch
 from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from torchrl.objectives import ClipPPOLoss
 
-from diffrl.objectives.numerics import NumericalError, require_finite
+from diffrl.numerics import NumericsMonitor
+from diffrl.torchrl_compat import ppo_clip_bounds, ppo_has_critic, ppo_normalized_advantage
 
 
 class ExactRatioPPOLoss(ClipPPOLoss):
     """Base of the clipped-PPO losses whose ratio is an exact likelihood ratio of a generative policy.
 
-    Subclasses write the policy terms of ``forward`` and list their outputs in
-    :meth:`_policy_out_keys`; this class fetches (or computes) and normalizes the advantage,
-    computes the clipped surrogate with its outlier safeguard (:meth:`_surrogate`), and adds
-    the entropy bonus and the clipped value loss with its diagnostics, so every such loss
-    reports the same ``loss_entropy``, ``loss_critic``, ``explained_variance`` and
-    ``value_clip_fraction`` as TorchRL's ``ClipPPOLoss``.
+    It owns the constructor arguments these losses share and the output keys every one of them
+    reports; subclasses write the policy terms of ``forward`` and list their own outputs in
+    :meth:`_policy_out_keys`. This class fetches (or computes) and normalizes the advantage,
+    computes the clipped surrogate with its outlier safeguard (:meth:`_surrogate`), and adds the
+    entropy bonus and the clipped value loss with its diagnostics, so every such loss reports the
+    same ``loss_entropy``, ``loss_critic``, ``explained_variance`` and ``value_clip_fraction`` as
+    TorchRL's ``ClipPPOLoss``. ``out_keys`` can be set (or narrowed with ``select_out_keys``) as on
+    any TorchRL loss.
 
-    Subclasses set ``max_abs_log_ratio`` and ``max_outlier_fraction`` (their constructor
-    arguments): an exact likelihood of a sharply peaked generative policy can move by tens of
-    nats on a single stored sample after one step (seen with GenPO on Isaac-Cartpole after
+    The outlier safeguard: an exact likelihood of a sharply peaked generative policy can move by
+    tens of nats on a single stored sample after one step (seen with GenPO on Isaac-Cartpole after
     convergence: one log-ratio of 89 among 1024 while the KL was 0.014). e^89 overflows float32
     and, with a negative advantage, PPO's unclipped term would send an infinite gradient. Such a
     sample is far outside any trust region: it is left out of the surrogate (zero gradient, as
     clipping does on the other side) and counted in ``ratio_outlier_fraction``. More than
-    ``max_outlier_fraction`` of them, or any non-finite log-ratio, is a :class:`NumericalError`.
+    ``max_outlier_fraction`` of them, or any non-finite log-ratio, is a
+    :class:`~diffrl.numerics.NumericalError` raised through :attr:`numerics` (at once by default;
+    once per iteration in the trainer).
+
+    Args:
+        actor_network: the generative actor.
+        critic_network: a value module writing ``"state_value"`` [*B, 1] (``None``: no critic loss).
+        clip_epsilon: PPO's ratio clip.
+        critic_coeff: value-loss weight.
+        clip_value: value clip around the rollout's value (``None`` disables).
+        loss_critic_type: ``"l2"``, ``"l1"`` or ``"smooth_l1"``.
+        entropy_coeff: the entropy bonus weight c_H.
+        normalize_advantage: standardize advantages per minibatch (the trainer normalizes over the
+            whole rollout instead, as rsl_rl does).
+        max_abs_log_ratio, max_outlier_fraction: the outlier safeguard above.
     """
 
-    max_abs_log_ratio: float
-    max_outlier_fraction: float
+    def __init__(
+        self,
+        actor_network: TensorDictModuleBase,
+        critic_network: TensorDictModule | None = None,
+        *,
+        clip_epsilon: float = 0.2,
+        critic_coeff: float = 1.0,
+        clip_value: float | None = 0.2,
+        loss_critic_type: str = "l2",
+        entropy_coeff: float = 0.0,
+        normalize_advantage: bool = False,
+        max_abs_log_ratio: float = 20.0,
+        max_outlier_fraction: float = 0.05,
+    ) -> None:
+        if entropy_coeff < 0:
+            raise ValueError(f"entropy_coeff must be >= 0, got {entropy_coeff}")
+        if not max_abs_log_ratio > 0 or not 0 <= max_outlier_fraction <= 1:
+            raise ValueError(
+                f"need max_abs_log_ratio > 0 and 0 <= max_outlier_fraction <= 1, got "
+                f"{max_abs_log_ratio=}, {max_outlier_fraction=}"
+            )
+        super().__init__(
+            actor_network,
+            critic_network,
+            clip_epsilon=clip_epsilon,
+            entropy_bonus=False,  # each loss computes its own entropy estimate
+            entropy_coeff=entropy_coeff,
+            critic_coeff=critic_coeff if critic_network is not None else None,
+            clip_value=clip_value,
+            loss_critic_type=loss_critic_type,
+            normalize_advantage=normalize_advantage,
+            functional=False,
+        )
+        self.max_abs_log_ratio = max_abs_log_ratio
+        self.max_outlier_fraction = max_outlier_fraction
+        self.numerics = NumericsMonitor()
 
     def _policy_out_keys(self) -> list[str]:
         raise NotImplementedError
 
     @property
     def out_keys(self) -> list[str]:
+        if self._out_keys is not None:
+            return self._out_keys
         keys = self._policy_out_keys()
         if float(self.entropy_coeff) > 0:
             keys.append("loss_entropy")
-        if self._has_critic:
+        if ppo_has_critic(self):
             keys += ["loss_critic", "explained_variance"]
             if self.clip_value is not None:
                 keys.append("value_clip_fraction")
         return keys
 
     @out_keys.setter
-    def out_keys(self, values: list[str]) -> None:
-        self._out_keys = values
+    def out_keys(self, values: list[str] | None) -> None:
+        self._out_keys = None if values is None else list(values)
 
     def _surrogate(
         self,
@@ -62,24 +115,38 @@ class ExactRatioPPOLoss(ClipPPOLoss):
 
         Returns the surrogate, the clip fraction, the outlier mask [*B, 1] and the outlier fraction.
         """
-        require_finite(log_weight, what, tensordict, self.tensor_keys.action)
-        outlier = log_weight.detach().abs() > self.max_abs_log_ratio
-        outlier_fraction = outlier.float().mean()
-        if outlier_fraction > self.max_outlier_fraction:
-            raise NumericalError(
-                f"{what}: {float(outlier_fraction):.1%} of the samples have |log-ratio| > max_abs_log_ratio="
-                f"{self.max_abs_log_ratio} (largest {float(log_weight.detach().abs().max()):.3g}; allowed "
-                f"max_outlier_fraction={self.max_outlier_fraction}): the policy moved far from the one that "
-                "collected the data, or the stored data do not belong to it; lower the learning rate or the target KL"
+        if advantage.shape != log_weight.shape:
+            raise ValueError(
+                f"advantage has shape {tuple(advantage.shape)} but the log-ratio {tuple(log_weight.shape)}: "
+                "store the advantage as [*B, 1], as TorchRL's GAE writes it"
             )
+        self.numerics.require_finite(log_weight, what, tensordict, self.tensor_keys.action)
+        magnitude = log_weight.detach().abs()
+        outlier = magnitude > self.max_abs_log_ratio
+        outlier_fraction = outlier.float().mean()
+        self.numerics.require(
+            outlier_fraction > self.max_outlier_fraction,
+            what,
+            torch.stack([outlier_fraction, magnitude.max()]),
+            self._outlier_message,
+        )
         safe_log_weight = log_weight.masked_fill(outlier, 0.0)
         surrogate = safe_log_weight.exp() * advantage
         clip_fraction = torch.zeros((), device=log_weight.device)
         if clip:
-            clipped = safe_log_weight.clamp(*self._clip_bounds)
+            clipped = safe_log_weight.clamp(*ppo_clip_bounds(self))
             surrogate = surrogate.minimum(clipped.exp() * advantage)
             clip_fraction = (clipped != safe_log_weight).float().mean()
         return surrogate.masked_fill(outlier, 0.0), clip_fraction, outlier, outlier_fraction
+
+    def _outlier_message(self, values: list[float]) -> str:
+        fraction, largest = values
+        return (
+            f"{fraction:.1%} of the samples have |log-ratio| > max_abs_log_ratio={self.max_abs_log_ratio} "
+            f"(largest {largest:.3g}; allowed max_outlier_fraction={self.max_outlier_fraction}): the policy "
+            "moved far from the one that collected the data, or the stored data do not belong to it; lower the "
+            "learning rate or the target KL"
+        )
 
     def _advantage(self, tensordict: TensorDictBase) -> torch.Tensor:
         """The advantage [*B, 1]: stored, or computed by the value estimator; normalized if asked."""
@@ -87,14 +154,14 @@ class ExactRatioPPOLoss(ClipPPOLoss):
         if advantage is None:
             self.value_estimator(tensordict)
             advantage = tensordict.get(self.tensor_keys.advantage)
-        return self._maybe_normalize_advantage(advantage, tensordict, update_norm=True)
+        return ppo_normalized_advantage(self, advantage, tensordict)
 
     def _add_entropy_and_critic(
         self, out: TensorDictBase, entropy: torch.Tensor, tensordict: TensorDictBase
     ) -> TensorDictBase:
         if float(self.entropy_coeff) > 0:
             out["loss_entropy"] = -self.entropy_coeff * entropy
-        if self._has_critic:
+        if ppo_has_critic(self):
             loss_critic, value_clip_fraction, explained_variance = self.loss_critic(tensordict)
             out["loss_critic"] = loss_critic.mean()
             out["explained_variance"] = explained_variance.mean()

@@ -8,6 +8,7 @@ from tensordict.nn import TensorDictModule
 from diffrl.modules.genpo_actor import GenPOActor
 from diffrl.objectives.estimators import effective_sample_size, entropy_estimate, kl_k1, kl_k3
 from diffrl.objectives.exact_ratio_ppo import ExactRatioPPOLoss
+from diffrl.torchrl_compat import ppo_log_weight
 
 
 class GenPOLoss(ExactRatioPPOLoss):
@@ -83,23 +84,21 @@ class GenPOLoss(ExactRatioPPOLoss):
         max_abs_log_ratio: float = 20.0,
         max_outlier_fraction: float = 0.05,
     ) -> None:
-        if compression_coeff < 0 or entropy_coeff < 0:
-            raise ValueError(f"coefficients must be >= 0, got {compression_coeff=}, {entropy_coeff=}")
+        if compression_coeff < 0:
+            raise ValueError(f"compression_coeff must be >= 0, got {compression_coeff}")
         super().__init__(
             actor_network,
             critic_network,
             clip_epsilon=clip_epsilon,
-            entropy_bonus=False,  # the entropy estimate is computed here from the fresh sample
-            entropy_coeff=entropy_coeff,
-            critic_coeff=critic_coeff if critic_network is not None else None,
+            critic_coeff=critic_coeff,
             clip_value=clip_value,
             loss_critic_type=loss_critic_type,
+            entropy_coeff=entropy_coeff,
             normalize_advantage=normalize_advantage,
-            functional=False,
+            max_abs_log_ratio=max_abs_log_ratio,
+            max_outlier_fraction=max_outlier_fraction,
         )
         self.register_coeff_buffer("compression_coeff", compression_coeff, device=None)
-        self.max_abs_log_ratio = max_abs_log_ratio
-        self.max_outlier_fraction = max_outlier_fraction
 
     def _policy_out_keys(self) -> list[str]:
         keys = ["loss_objective", "loss_compression", "kl_approx", "kl_k3", "clip_fraction", "ESS", "max_ratio"]
@@ -112,7 +111,7 @@ class GenPOLoss(ExactRatioPPOLoss):
         advantage = self._advantage(tensordict)
 
         # log_weight = log π_θ − log π_old, [*B, 1]: one inversion of the flow.
-        log_weight, dist, _, _ = self._log_weight(tensordict, adv_shape=advantage.shape[:-1])
+        log_weight, dist = ppo_log_weight(self, tensordict, adv_shape=advantage.shape[:-1])
         surrogate, clip_fraction, outlier, outlier_fraction = self._surrogate(
             log_weight, advantage, tensordict, "GenPO log-ratio log π_θ − log π_old"
         )

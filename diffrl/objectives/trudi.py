@@ -17,7 +17,6 @@ from diffrl.modules.denoising_chain import gaussian_chain_log_prob
 from diffrl.modules.trudi_actor import TruDiActor
 from diffrl.objectives.estimators import effective_sample_size, kl_k1, kl_k3
 from diffrl.objectives.exact_ratio_ppo import ExactRatioPPOLoss
-from diffrl.objectives.numerics import require_finite
 from diffrl.objectives.trust_region import diagonal_gaussian_kl, project_gaussian, project_mean
 
 
@@ -82,7 +81,8 @@ class TruDiLoss(ExactRatioPPOLoss):
         >>> import torch
         >>> from tensordict import TensorDict
         >>> from torchrl.modules import MLP, ValueOperator
-        >>> actor = TruDiActor(action_dim=2, obs_dim=3, num_steps=4, hidden_sizes=[16])
+        >>> from diffrl.modules import DenoisingChain
+        >>> actor = TruDiActor(DenoisingChain(action_dim=2, obs_dim=3, num_steps=4, hidden_sizes=[16]))
         >>> critic = ValueOperator(MLP(in_features=3, out_features=1, num_cells=[16]), in_keys=["observation"])
         >>> loss = TruDiLoss(actor, critic, trust_region_kl=0.05)
         >>> batch = actor(TensorDict({"observation": torch.randn(8, 3)}, batch_size=[8]))
@@ -122,26 +122,24 @@ class TruDiLoss(ExactRatioPPOLoss):
     ) -> None:
         if trust_region_kl <= 0:
             raise ValueError(f"trust_region_kl must be > 0, got {trust_region_kl}")
-        if regression_coeff < 0 or entropy_coeff < 0:
-            raise ValueError(f"coefficients must be >= 0, got {regression_coeff=}, {entropy_coeff=}")
+        if regression_coeff < 0:
+            raise ValueError(f"regression_coeff must be >= 0, got {regression_coeff}")
         super().__init__(
             actor_network,
             critic_network,
             # An infinite clip never binds; the surrogate below then skips clipping altogether.
             clip_epsilon=math.inf if clip_epsilon is None else clip_epsilon,
-            entropy_bonus=False,  # the exact chain entropy is computed here
-            entropy_coeff=entropy_coeff,
-            critic_coeff=critic_coeff if critic_network is not None else None,
+            critic_coeff=critic_coeff,
             clip_value=clip_value,
             loss_critic_type=loss_critic_type,
+            entropy_coeff=entropy_coeff,
             normalize_advantage=normalize_advantage,
-            functional=False,
+            max_abs_log_ratio=max_abs_log_ratio,
+            max_outlier_fraction=max_outlier_fraction,
         )
         self.clip_ratio = clip_epsilon is not None
         self.trust_region_kl = trust_region_kl
         self.register_coeff_buffer("regression_coeff", regression_coeff, device=None)
-        self.max_abs_log_ratio = max_abs_log_ratio
-        self.max_outlier_fraction = max_outlier_fraction
         self.projection_iterations = projection_iterations
         self.set_keys(denoising_means=actor_network.means_key, denoising_stds=actor_network.stds_key)
 
@@ -178,12 +176,12 @@ class TruDiLoss(ExactRatioPPOLoss):
         old_std = tensordict.get(self.tensor_keys.denoising_stds)
         if chain.requires_grad or old_log_prob.requires_grad or old_mean.requires_grad:
             raise RuntimeError("the stored chain, log-prob and means must not require grad")
-        require_finite(old_mean, "stored rollout means", tensordict, chain_key)
+        self.numerics.require_finite(old_mean, "stored rollout means", tensordict, chain_key)
 
         dist = self.actor_network.get_dist(tensordict)
         step_means = dist.step_means(chain)
         mean, std = step_means.mean, dist.stds
-        require_finite(mean, "TruDi per-step means μ_θ(x_k, k, s)", tensordict, chain_key)
+        self.numerics.require_finite(mean, "TruDi per-step means μ_θ(x_k, k, s)", tensordict, chain_key)
         projected_mean, projected_std = self.project(mean, std, old_mean, old_std)
 
         # log_weight = log p̃ − log p_old of the stored chain, [*B, 1].

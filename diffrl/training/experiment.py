@@ -19,14 +19,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import EnvBase
 
+from diffrl.envs.training_env import make_env, observation_normalizer, training_env
 from diffrl.training.distributed import DistributedContext, broadcast_object, init_distributed
 from diffrl.training.learning_curve import plot_learning_curve
 from diffrl.training.on_policy import OnPolicyTrainer
+from diffrl.training.run_directory import RunDirectory
 from diffrl.training.tracking import MLflowTracker, default_tracking_uri
 
 logger = logging.getLogger("diffrl.training")
-
-RUN_INFO = "run.json"
 
 
 @dataclass
@@ -38,33 +38,6 @@ class RunResult:
     tracking_uri: str
     history: list[dict[str, float]]
     final_checkpoint: Path | None
-
-
-def run_dir_of_checkpoint(checkpoint: str | Path) -> Path:
-    """``<run_dir>/checkpoints/checkpoint-…`` → ``<run_dir>``: a resumed run continues in place."""
-    return Path(checkpoint).resolve().parent.parent
-
-
-def make_env(env_cfg: DictConfig, seed: int, device: str | None = None) -> EnvBase:
-    """The TorchRL env a config names: Isaac Lab (Newton) or gymnasium MuJoCo (``device`` overrides the config's)."""
-    if env_cfg.num_envs < 1:
-        raise ValueError(f"env.num_envs must be >= 1, got {env_cfg.num_envs}")
-    device = device or env_cfg.device
-    if env_cfg.backend == "isaaclab":
-        from diffrl.envs.isaaclab import make_isaaclab_env
-
-        return make_isaaclab_env(env_cfg.task, env_cfg.num_envs, device=device, seed=seed, assets=env_cfg.assets)
-    if env_cfg.backend == "mujoco":
-        from diffrl.envs.gym import make_gym_env
-
-        return make_gym_env(
-            env_cfg.task,
-            env_cfg.num_envs,
-            device=device,
-            seed=seed,
-            max_episode_steps=env_cfg.max_episode_steps,
-        )
-    raise ValueError(f"unknown env.backend {env_cfg.backend!r}; choose 'isaaclab' or 'mujoco'")
 
 
 def _check_device(device: str) -> None:
@@ -100,8 +73,8 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
     if resume is not None:
         if not resume.exists():
             raise ValueError(f"resume={resume}: no such checkpoint")
-        run_dir = run_dir_of_checkpoint(resume)
-        info_path = run_dir / RUN_INFO
+        run_dir = RunDirectory.of_checkpoint(resume).root
+        info_path = RunDirectory(run_dir).run_info
         if info_path.exists():
             run_info = json.loads(info_path.read_text())
     if context.is_main:
@@ -128,6 +101,9 @@ def _train(
     context: DistributedContext,
 ) -> RunResult:
     observation_key = cfg.env.observation_key
+    env = training_env(
+        env, observation_key=observation_key, normalize_observations=cfg.algorithm.normalize_observations
+    )
     obs_dim = env.observation_spec[observation_key].shape[-1]
     action_dim = env.action_spec.shape[-1]
     actor = instantiate(
@@ -137,20 +113,21 @@ def _train(
     ).to(env.device)
     critic = instantiate(cfg.algorithm.critic, obs_dim=obs_dim, observation_key=observation_key).to(env.device)
     loss_module = instantiate(cfg.algorithm.loss, actor_network=actor, critic_network=critic)
-
+    update = instantiate(cfg.update, loss_module=loss_module, distributed=context)
+    layout = RunDirectory(run_dir)
     trainer = OnPolicyTrainer(
         env=env,
-        actor=actor,
-        critic=critic,
-        loss_module=loss_module,
+        update=update,
         total_frames=cfg.collector.total_frames,
         steps_per_env=cfg.collector.steps_per_env,
-        checkpoint_dir=run_dir / "checkpoints",
+        checkpoint_dir=layout.checkpoints,
         checkpoint_every=cfg.checkpoint.every,
         keep_checkpoints=cfg.checkpoint.keep,
         progress=cfg.logger.progress,
         distributed=context,
-        **OmegaConf.to_container(cfg.algorithm.trainer, resolve=True),
+        check_numerics=cfg.check_numerics,
+        compile_policy=cfg.compile,
+        cudagraph_policy=cfg.cudagraphs,
     )
     if resume is not None:
         trainer.load_checkpoint(resume)
@@ -172,13 +149,11 @@ def _train(
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
 
-    final_checkpoint = trainer.checkpoints.latest() if trainer.checkpoints is not None else None
+    final_checkpoint = trainer.run_state.latest()
     if tracker is None:
         return RunResult(run_dir, "", "", history, final_checkpoint)
-    curve = plot_learning_curve(
-        history, run_dir / "learning_curve.png", title=f"{cfg.algorithm.name} on {cfg.env.task}"
-    )
-    policy_path = save_policy(run_dir / "policy.pt", actor, trainer.observation_normalizer, cfg, obs_dim, action_dim)
+    curve = plot_learning_curve(history, layout.learning_curve, title=f"{cfg.algorithm.name} on {cfg.env.task}")
+    policy_path = save_policy(layout.policy, actor, observation_normalizer(env), cfg, obs_dim, action_dim)
     for artifact in (curve, policy_path):
         tracker.log_artifact(artifact)
     if final_checkpoint is not None:
@@ -192,16 +167,17 @@ def _start_tracking(
     cfg: DictConfig, env: EnvBase, run_dir: Path, resume: Path | None, run_info: dict[str, str]
 ) -> MLflowTracker:
     """Open (or, on resume, reopen) the run's MLflow run and record the config; rank 0 only."""
+    layout = RunDirectory(run_dir)
     tracking_uri = cfg.logger.tracking_uri or run_info.get("tracking_uri") or default_tracking_uri(run_dir)
     tracker = MLflowTracker(
         tracking_uri,
         experiment=cfg.logger.experiment,
         run_name=f"{cfg.algorithm.name}-{cfg.env.task}-seed{cfg.seed}",
         run_id=run_info.get("mlflow_run_id") if resume is not None else None,
-        artifact_location=(run_dir / "mlartifacts").resolve().as_uri() if not cfg.logger.tracking_uri else None,
+        artifact_location=layout.mlflow_artifacts.resolve().as_uri() if not cfg.logger.tracking_uri else None,
     )
-    (run_dir / RUN_INFO).write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri}))
-    config_path = run_dir / "config.yaml"
+    layout.run_info.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri}))
+    config_path = layout.config
     config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     assets = getattr(env, "isaaclab_assets", None)
     if resume is None:
@@ -238,10 +214,13 @@ def save_policy(
 
 
 def actor_dimensions(actor_cfg: DictConfig, obs_dim: int, action_dim: int) -> dict[str, Any]:
-    """The env's sizes, passed where the actor config expects them (its flow, or itself)."""
-    if "flow" in actor_cfg:
-        return {"flow": {"action_dim": action_dim, "obs_dim": obs_dim}}
-    return {"action_dim": action_dim, "obs_dim": obs_dim}
+    """The env's sizes, passed where the actor config builds its sampler: the one nested ``_target_``
+    (a GenPO flow, a denoising chain), else the actor itself (the Gaussian actor)."""
+    sizes = {"action_dim": action_dim, "obs_dim": obs_dim}
+    samplers = [key for key, value in actor_cfg.items() if isinstance(value, DictConfig) and "_target_" in value]
+    if len(samplers) > 1:
+        raise ValueError(f"the actor config has several nested modules {samplers}: cannot tell which one samples")
+    return {samplers[0]: sizes} if samplers else sizes
 
 
 def _env_tags(env: EnvBase, cfg: DictConfig) -> dict[str, str]:

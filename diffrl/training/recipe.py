@@ -2,25 +2,57 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from diffrl.training.experiment import run_dir_of_checkpoint, run_experiment
+from diffrl.training.experiment import run_experiment
+from diffrl.training.ppo_update import PPOUpdate
+from diffrl.training.run_directory import RunDirectory
 
 logger = logging.getLogger("diffrl")
 
 
-def register_resolvers() -> None:
-    """``${diffrl_run_dir:${resume},<default>}``: a resumed run keeps its run directory."""
+# The ``update`` config group: one entry per update rule, its defaults read off the constructor.
+UPDATE_RULES = {"ppo": PPOUpdate}
+# Arguments the experiment passes itself, not configuration.
+_WIRED_ARGUMENTS = {"loss_module", "distributed"}
+
+
+def constructor_config(target: type) -> dict[str, Any]:
+    """``{"_target_": ..., argument: default, ...}``: a Hydra node mirroring ``target``'s keyword
+    arguments, so that each default lives in the constructor only.
+
+    Example:
+        >>> constructor_config(PPOUpdate)["num_epochs"], constructor_config(PPOUpdate)["_target_"]
+        (5, 'diffrl.training.ppo_update.PPOUpdate')
+    """
+    node: dict[str, Any] = {"_target_": f"{target.__module__}.{target.__qualname__}"}
+    for name, parameter in inspect.signature(target.__init__).parameters.items():
+        if name == "self" or name in _WIRED_ARGUMENTS or parameter.kind is not parameter.KEYWORD_ONLY:
+            continue
+        node[name] = parameter.default
+    return node
+
+
+def register_configs() -> None:
+    """The ``update`` config group and ``${diffrl_run_dir:${resume},<default>}`` (a resumed run keeps its
+    run directory); call before composing a recipe config (the recipes do)."""
+    store = ConfigStore.instance()
+    for name, rule in UPDATE_RULES.items():
+        store.store(group="update", name=name, node=constructor_config(rule))
     if not OmegaConf.has_resolver("diffrl_run_dir"):
         OmegaConf.register_new_resolver(
-            "diffrl_run_dir", lambda resume, default: str(run_dir_of_checkpoint(resume)) if resume else default
+            "diffrl_run_dir",
+            lambda resume, default: str(RunDirectory.of_checkpoint(resume).root) if resume else default,
         )
 
 
@@ -45,7 +77,7 @@ def run_from_hydra(cfg: DictConfig) -> None:
 
 def recipe_main(config_name: str, config_dir: str | Path) -> Callable[[], None]:
     """The Hydra entry point of a recipe: ``main = recipe_main("genpo_isaaclab", Path(__file__).parent / "config")``."""
-    register_resolvers()
+    register_configs()
 
     @hydra.main(config_path=str(Path(config_dir).resolve()), config_name=config_name, version_base="1.3")
     def main(cfg: DictConfig) -> None:

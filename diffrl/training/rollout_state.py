@@ -9,6 +9,8 @@ from tensordict import TensorDict
 from torchrl.checkpoint import GlobalRNGState
 from torchrl.collectors import Collector
 
+from diffrl.torchrl_compat import collector_carried_step
+
 logger = logging.getLogger("diffrl.training")
 
 
@@ -35,11 +37,10 @@ class RolloutState:
 
     def capture(self) -> dict[str, Any]:
         """This process's state (the trainer gathers it from every rank into :attr:`ranks`)."""
-        # The collector keeps the next step's input in ``_carrier`` (TorchRL 0.14 has no public
-        # accessor; its own state_dict leaves runtime env state out on purpose).
+        # The collector's own state_dict leaves runtime env state out on purpose.
         return {
             "rng": GlobalRNGState().state_dict(),
-            "carrier": self.collector._carrier.to_dict(),
+            "carrier": collector_carried_step(self.collector).to_dict(),
             "simulator": self.simulator.state_dict() if self.simulator is not None else None,
         }
 
@@ -58,7 +59,7 @@ class RolloutState:
         mine = ranks[self.rank]
         if mine["simulator"] is not None and self.simulator is not None:
             self.simulator.load_state_dict(mine["simulator"])
-            carrier = self.collector._carrier
+            carrier = collector_carried_step(self.collector)
             carrier.update(TensorDict(mine["carrier"], batch_size=carrier.batch_size, device=carrier.device))
         else:
             logger.warning("the env has no restorable simulator state: resumed episodes restart from a reset")

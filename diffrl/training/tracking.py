@@ -13,6 +13,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 
+from diffrl.training.run_directory import RunDirectory
+
 logger = logging.getLogger("diffrl.training")
 
 
@@ -30,7 +32,7 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
 
 def default_tracking_uri(run_dir: str | Path) -> str:
     """An embedded sqlite store inside the run directory (MLflow 3 refuses plain file stores)."""
-    return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{RunDirectory(run_dir).mlflow_db.resolve()}"
 
 
 class MLflowTracker:

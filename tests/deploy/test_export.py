@@ -34,11 +34,12 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from diffrl.deploy.export import CONTRACT_FILE, FILE_NAMES, export_policy, normalization_affine
 from diffrl.deploy.policy_loading import LoadedPolicy, load_policy
 from diffrl.envs.gym import make_gym_env
-from diffrl.modules.gaussian_actor import make_gaussian_actor
+from diffrl.envs.observation_normalizer import ObservationNormalizer
+from diffrl.modules.denoising_chain import DenoisingChain
+from diffrl.modules.gaussian_actor import GaussianActor
 from diffrl.modules.genpo_actor import GenPOActor
 from diffrl.modules.genpo_flow import GenPOFlow
 from diffrl.modules.trudi_actor import TruDiActor
-from diffrl.training.observation_normalizer import ObservationNormalizer
 
 OBS_DIM, ACTION_DIM = 17, 6  # HalfCheetah-v5, whose observations fill the normalizer
 TOLERANCE = 1e-5
@@ -50,11 +51,15 @@ def make_actor(kind: str):
     if kind == "genpo":
         return GenPOActor(GenPOFlow(ACTION_DIM, OBS_DIM, num_steps=3, hidden_sizes=[32, 32]))
     if kind == "trudi":  # the recipe's settings, plus tanh squash and learned stds
-        return TruDiActor(ACTION_DIM, OBS_DIM, num_steps=4, hidden_sizes=[32], parameterization="mean", min_std=0.5,
-                          squash=True, learn_std=True)  # fmt: skip
+        chain = DenoisingChain(
+            ACTION_DIM, OBS_DIM, num_steps=4, hidden_sizes=[32], parameterization="mean", min_std=0.5, learn_std=True
+        )
+        return TruDiActor(chain, squash=True)
     if kind == "trudi_ddim":  # epsilon prediction with clipped x̂_0, DDIM variances
-        return TruDiActor(ACTION_DIM, OBS_DIM, num_steps=3, hidden_sizes=[32], schedule="ddim", ddim_eta=0.5)
-    return make_gaussian_actor(ACTION_DIM, OBS_DIM, hidden_sizes=[32], init_std=0.7)
+        return TruDiActor(
+            DenoisingChain(ACTION_DIM, OBS_DIM, num_steps=3, hidden_sizes=[32], schedule="ddim", ddim_eta=0.5)
+        )
+    return GaussianActor(ACTION_DIM, OBS_DIM, hidden_sizes=[32], init_std=0.7)
 
 
 KINDS = ["genpo", "trudi", "trudi_ddim", "gaussian"]
@@ -277,10 +282,10 @@ def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
     from torchrl.checkpoint import Checkpoint
 
     from diffrl.training.experiment import save_policy
-    from diffrl.training.recipe import register_resolvers
+    from diffrl.training.recipe import register_configs
 
-    register_resolvers()
-    overrides = ["task=halfcheetah", "algorithm.hidden_sizes=[16,16]", "algorithm.trainer.normalize_observations=true"]
+    register_configs()
+    overrides = ["task=halfcheetah", "algorithm.hidden_sizes=[16,16]", "algorithm.normalize_observations=true"]
     with initialize_config_dir(str(Path(__file__).resolve().parents[2] / "recipes" / "config"), version_base="1.3"):
         cfg = compose(recipe, overrides=overrides)
     dims = {"action_dim": ACTION_DIM, "obs_dim": OBS_DIM}

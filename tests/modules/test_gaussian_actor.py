@@ -10,7 +10,7 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives import ClipPPOLoss
 
-from diffrl.modules.gaussian_actor import make_gaussian_actor
+from diffrl.modules.gaussian_actor import GaussianActor
 from diffrl.modules.value_net import make_value_network
 
 OBS_DIM, ACTION_DIM = 5, 3
@@ -24,7 +24,7 @@ def observations(*batch: int, seed: int = 0) -> TensorDict:
 @pytest.mark.parametrize("batch", [(7,), (4, 6)])
 def test_output_shapes(batch):
     torch.manual_seed(0)
-    actor = make_gaussian_actor(ACTION_DIM, OBS_DIM, hidden_sizes=[32, 32])
+    actor = GaussianActor(ACTION_DIM, OBS_DIM, hidden_sizes=[32, 32])
     td = actor(observations(*batch))
     assert td["action"].shape == (*batch, ACTION_DIM)
     assert td["loc"].shape == td["scale"].shape == (*batch, ACTION_DIM)
@@ -35,7 +35,7 @@ def test_output_shapes(batch):
 
 def test_log_prob_matches_independent_normal():
     torch.manual_seed(0)
-    actor = make_gaussian_actor(ACTION_DIM, OBS_DIM, hidden_sizes=[32, 32], init_std=0.7)
+    actor = GaussianActor(ACTION_DIM, OBS_DIM, hidden_sizes=[32, 32], init_std=0.7)
     with torch.no_grad():
         actor.module[0].module[1].state_independent_scale.copy_(torch.tensor([-0.5, 0.0, 0.3]))
     td = actor(observations(64))
@@ -51,7 +51,7 @@ def test_log_prob_matches_independent_normal():
 
 def test_deterministic_mode_returns_the_mean():
     torch.manual_seed(0)
-    actor = make_gaussian_actor(ACTION_DIM, OBS_DIM, hidden_sizes=[32])
+    actor = GaussianActor(ACTION_DIM, OBS_DIM, hidden_sizes=[32])
     td = observations(16)
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         action = actor(td.clone())["action"]
@@ -63,7 +63,7 @@ def test_deterministic_mode_returns_the_mean():
 @pytest.mark.parametrize("init_std", [1.0, 0.25])
 def test_std_starts_at_init_std_and_is_learned(init_std):
     torch.manual_seed(0)
-    actor = make_gaussian_actor(ACTION_DIM, OBS_DIM, hidden_sizes=[32], init_std=init_std)
+    actor = GaussianActor(ACTION_DIM, OBS_DIM, hidden_sizes=[32], init_std=init_std)
     td = actor(observations(2000))
     torch.testing.assert_close(td["scale"], torch.full((2000, ACTION_DIM), init_std))
     # The empirical spread of the actions around the mean confirms the sampling scale (2000 samples:
@@ -75,12 +75,12 @@ def test_std_starts_at_init_std_and_is_learned(init_std):
 
 def test_invalid_std_is_a_clear_error():
     with pytest.raises(ValueError, match="min_std"):
-        make_gaussian_actor(ACTION_DIM, OBS_DIM, init_std=0.0)
+        GaussianActor(ACTION_DIM, OBS_DIM, init_std=0.0)
 
 
 def test_clip_ppo_loss_runs_and_trains_every_parameter():
     torch.manual_seed(0)
-    actor = make_gaussian_actor(ACTION_DIM, OBS_DIM, hidden_sizes=[16])
+    actor = GaussianActor(ACTION_DIM, OBS_DIM, hidden_sizes=[16])
     critic = make_value_network(OBS_DIM, hidden_sizes=[16])
     loss = ClipPPOLoss(actor, critic, clip_epsilon=0.2, entropy_coeff=0.005, loss_critic_type="l2", clip_value=0.2)
     with torch.no_grad():  # as in a collector: the stored log-prob is a constant

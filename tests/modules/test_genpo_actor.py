@@ -9,6 +9,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from diffrl.modules.genpo_actor import GenPOActor
 from diffrl.modules.genpo_flow import GenPOFlow
+from diffrl.numerics import NumericalError
 
 
 @pytest.fixture
@@ -81,7 +82,9 @@ def test_reparameterized_sample_carries_gradient_and_exact_log_prob(actor):
 def test_non_finite_observation_is_a_clear_error(actor):
     obs = torch.randn(5, 4, dtype=torch.float64)
     obs[3, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"non-finite observation .* 1 of 5 .* index \[3\]"):
+    with pytest.raises(
+        NumericalError, match=r"observation 'observation' is not finite for 1 of 5 samples; first at index 3"
+    ):
         actor(TensorDict({"observation": obs}, batch_size=[5]))
 
 

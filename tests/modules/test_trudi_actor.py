@@ -11,7 +11,9 @@ from tensordict import TensorDict
 from torch.distributions import Normal
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from diffrl.modules.denoising_chain import DenoisingChain
 from diffrl.modules.trudi_actor import TruDiActor
+from diffrl.numerics import NumericalError
 
 D, OBS, K, MIN_STD = 3, 4, 4, 0.1
 
@@ -31,8 +33,9 @@ def net_output(actor: TruDiActor, x: torch.Tensor, obs: torch.Tensor, k: int) ->
 
 def make_actor(seed: int = 0, **kwargs) -> TruDiActor:
     torch.manual_seed(seed)
+    squash = kwargs.pop("squash", False)
     kwargs = {"num_steps": K, "hidden_sizes": [16, 16], "min_std": MIN_STD, "denoised_clip": None, **kwargs}
-    return TruDiActor(D, OBS, **kwargs).double()
+    return TruDiActor(DenoisingChain(D, OBS, **kwargs), squash=squash).double()
 
 
 def observations(n: int = 9, seed: int = 1) -> TensorDict:
@@ -195,7 +198,9 @@ def test_non_finite_observation_is_a_clear_error():
     actor = make_actor()
     td = observations(5)
     td["observation"][3, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"non-finite observation .* 1 of 5 .* index \[3\]"):
+    with pytest.raises(
+        NumericalError, match=r"observation 'observation' is not finite for 1 of 5 samples; first at index 3"
+    ):
         actor(td)
 
 
@@ -206,13 +211,13 @@ def test_non_finite_observation_is_a_clear_error():
 def test_invalid_arguments_are_clear_errors(kwargs, message):
     arguments = {"action_dim": D, "obs_dim": OBS, **kwargs}
     with pytest.raises(ValueError, match=message):
-        TruDiActor(**arguments)
+        DenoisingChain(**arguments)
 
 
 def test_squashed_action_is_tanh_of_the_chain_end_and_keeps_the_chain_likelihood():
     torch.manual_seed(0)
-    plain = TruDiActor(2, 3, num_steps=3, hidden_sizes=[16], squash=False).double()
-    squashed = TruDiActor(2, 3, num_steps=3, hidden_sizes=[16], squash=True).double()
+    plain = TruDiActor(DenoisingChain(2, 3, num_steps=3, hidden_sizes=[16]), squash=False).double()
+    squashed = TruDiActor(DenoisingChain(2, 3, num_steps=3, hidden_sizes=[16]), squash=True).double()
     squashed.load_state_dict(plain.state_dict())
     obs = torch.randn(6, 3, dtype=torch.float64)
     torch.manual_seed(1)

@@ -13,8 +13,8 @@ from torchrl.objectives import KLAdaptiveLR
 
 from diffrl.modules.genpo_actor import GenPOActor
 from diffrl.modules.genpo_flow import GenPOFlow
+from diffrl.numerics import NumericalError
 from diffrl.objectives.genpo import GenPOLoss
-from diffrl.objectives.numerics import NumericalError
 
 D, OBS, BATCH = 2, 3, 64
 
@@ -177,8 +177,30 @@ def test_keys_are_set_from_the_actor_and_configurable():
 
 def test_negative_coefficients_are_rejected():
     actor, critic, _ = build()
-    with pytest.raises(ValueError, match="coefficients"):
+    with pytest.raises(ValueError, match="compression_coeff must be >= 0"):
         GenPOLoss(actor, critic, compression_coeff=-1.0)
+    with pytest.raises(ValueError, match="entropy_coeff must be >= 0"):
+        GenPOLoss(actor, critic, entropy_coeff=-1.0)
+
+
+def test_out_keys_can_be_set_and_narrowed():
+    actor, critic, _ = build()
+    loss = GenPOLoss(actor, critic)
+    assert "loss_compression" in loss.out_keys and "loss_critic" in loss.out_keys
+    loss.out_keys = ["loss_objective", "kl_approx"]
+    assert loss.out_keys == ["loss_objective", "kl_approx"]
+    loss.out_keys = None  # back to the loss's own list
+    assert "loss_compression" in loss.out_keys
+
+
+def test_an_advantage_without_its_trailing_dimension_is_a_clear_error():
+    # TorchRL's ClipPPOLoss rejects it; without the check [B] against [B, 1] broadcasts to [B, B].
+    actor, critic, _ = build()
+    batch = actor(TensorDict({"observation": torch.randn(8, OBS, dtype=torch.float64)}, batch_size=[8]))
+    batch["advantage"] = torch.randn(8, dtype=torch.float64)
+    batch["value_target"], batch["state_value"] = torch.randn(8, 1).double(), torch.zeros(8, 1).double()
+    with pytest.raises(ValueError, match=r"advantage has shape \(8,\) but the log-ratio \(8, 1\)"):
+        GenPOLoss(actor, critic).double()(batch)
 
 
 def test_a_single_far_outlier_is_left_out_of_the_surrogate_and_counted():

@@ -12,8 +12,9 @@ from torch import nn
 from torch.distributions import Normal
 from torchrl.modules import ValueOperator
 
+from diffrl.modules.denoising_chain import DenoisingChain
 from diffrl.modules.trudi_actor import TruDiActor
-from diffrl.objectives.numerics import NumericalError
+from diffrl.numerics import NumericalError
 from diffrl.objectives.trudi import TruDiLoss
 
 D, OBS, K, BATCH, MIN_STD = 2, 3, 3, 64, 0.1
@@ -29,14 +30,16 @@ def build(
 ) -> tuple[TruDiActor, ValueOperator, TruDiLoss]:
     torch.manual_seed(seed)
     actor = TruDiActor(
-        D,
-        OBS,
-        num_steps=K,
-        hidden_sizes=[32, 32],
-        min_std=MIN_STD,
-        learn_std=learn_std,
-        parameterization=parameterization,
-        denoised_clip=None,
+        DenoisingChain(
+            D,
+            OBS,
+            num_steps=K,
+            hidden_sizes=[32, 32],
+            min_std=MIN_STD,
+            learn_std=learn_std,
+            parameterization=parameterization,
+            denoised_clip=None,
+        )
     ).double()
     critic = ValueOperator(nn.Linear(OBS, 1), in_keys=["observation"]).double()
     return actor, critic, TruDiLoss(actor, critic, **loss_kwargs).double()  # float64 clip bounds too
@@ -231,7 +234,9 @@ def test_exploding_log_ratio_is_reported_not_clamped():
 
 def test_keys_are_set_from_the_actor_and_configurable():
     torch.manual_seed(0)
-    actor = TruDiActor(D, OBS, num_steps=K, hidden_sizes=[8], observation_key="policy", chain_key="z", means_key="m")
+    actor = TruDiActor(
+        DenoisingChain(D, OBS, num_steps=K, hidden_sizes=[8]), observation_key="policy", chain_key="z", means_key="m"
+    )
     critic = ValueOperator(nn.Linear(OBS, 1), in_keys=["policy"], out_keys=["v"])
     loss = TruDiLoss(actor, critic)
     loss.set_keys(value="v", advantage="adv")
@@ -244,7 +249,7 @@ def test_keys_are_set_from_the_actor_and_configurable():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"), [({"trust_region_kl": 0.0}, "trust_region_kl"), ({"regression_coeff": -1.0}, "coefficients")]
+    ("kwargs", "message"), [({"trust_region_kl": 0.0}, "trust_region_kl"), ({"regression_coeff": -1.0}, "regression_coeff must be >= 0")]
 )
 def test_invalid_arguments_are_rejected(kwargs, message):
     actor, critic, _ = build()

@@ -11,6 +11,7 @@ from scipy.optimize import minimize
 from tensordict import TensorDict
 from torch.distributions import Normal, kl_divergence
 
+from diffrl.modules.denoising_chain import DenoisingChain
 from diffrl.modules.trudi_actor import TruDiActor
 from diffrl.objectives.trust_region import diagonal_gaussian_kl, project_gaussian, project_mean
 
@@ -48,8 +49,12 @@ def test_sum_of_step_kls_is_the_trajectory_kl(learn_std):
     difference has mean zero, so the sample means agree within 3 standard errors of that difference.
     """
     torch.manual_seed(0)
-    old = TruDiActor(2, 3, num_steps=K, hidden_sizes=[16], learn_std=learn_std, denoised_clip=None).double()
-    new = TruDiActor(2, 3, num_steps=K, hidden_sizes=[16], learn_std=learn_std, denoised_clip=None).double()
+    old = TruDiActor(
+        DenoisingChain(2, 3, num_steps=K, hidden_sizes=[16], learn_std=learn_std, denoised_clip=None)
+    ).double()
+    new = TruDiActor(
+        DenoisingChain(2, 3, num_steps=K, hidden_sizes=[16], learn_std=learn_std, denoised_clip=None)
+    ).double()
     new.load_state_dict(old.state_dict())
     with torch.no_grad():
         for parameter in new.parameters():

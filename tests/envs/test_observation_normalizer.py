@@ -6,7 +6,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.envs import VecNormV2
 
-from diffrl.training.observation_normalizer import ObservationNormalizer
+from diffrl.envs.observation_normalizer import ObservationNormalizer
 
 
 def feed(normalizer: VecNormV2, batches: list[torch.Tensor]) -> torch.Tensor:

@@ -6,6 +6,8 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.envs import VecNormV2
 
+from diffrl.torchrl_compat import vecnorm_normalize, vecnorm_statistics
+
 
 class ObservationNormalizer(VecNormV2):
     """TorchRL's ``VecNormV2`` with its variance kept non-negative.
@@ -41,16 +43,19 @@ class ObservationNormalizer(VecNormV2):
 
     def normalize(self, data: TensorDictBase) -> TensorDictBase:
         """``data`` normalized with the stored statistics, which are left as they are."""
-        return self._stateful_norm(data)
+        return vecnorm_normalize(self, data)
 
     def statistics(self) -> tuple[TensorDictBase, TensorDictBase, TensorDictBase]:
         """Copies of the running (count, E[x], E[x²]), one entry per normalized key."""
-        if self._loc is None:
+        statistics = vecnorm_statistics(self)
+        if statistics is None:
             raise RuntimeError("the normalizer has seen no data yet")
-        return self._count.clone(), self._loc.clone(), self._var.clone()
+        return tuple(entry.clone() for entry in statistics)
 
     def load_statistics(self, count: TensorDictBase, mean: TensorDictBase, second_moment: TensorDictBase) -> None:
         """Overwrite the running statistics in place (e.g. with those merged across ranks)."""
-        self._count.update_(count)
-        self._loc.update_(mean)
-        self._var.update_(second_moment)
+        statistics = vecnorm_statistics(self)
+        if statistics is None:
+            raise RuntimeError("the normalizer has seen no data yet")
+        for live, new in zip(statistics, (count, mean, second_moment), strict=True):
+            live.update_(new)

@@ -1,0 +1,65 @@
+"""Every use of TorchRL's private API in diffrl, in one place, so that the pin can be a range.
+
+diffrl needs a few things TorchRL 0.14 has no public accessor for. Each is wrapped here, checked
+against the installed TorchRL by ``tests/test_torchrl_compat.py``, and is the only place to change
+when TorchRL changes them:
+
+- ``ClipPPOLoss._log_weight``: returns four values in 0.14.1 (log-weight, distribution, KL, IS
+  weight) and three on TorchRL's main branch; only the first two are used;
+- ``ClipPPOLoss._clip_bounds``, ``_has_critic`` and ``_maybe_normalize_advantage``;
+- ``Collector._carrier``: the next step's input (observation, running episode return and length),
+  which a resumed run must restore;
+- ``VecNormV2``'s running statistics ``_count``, ``_loc`` and ``_var`` (E[x²]), and its
+  ``_stateful_norm``; :class:`~diffrl.envs.observation_normalizer.ObservationNormalizer` also
+  overrides its ``_norm``.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from torch.distributions import Distribution
+from torchrl.collectors import Collector
+from torchrl.envs import VecNormV2
+from torchrl.objectives import ClipPPOLoss
+
+
+def ppo_log_weight(
+    loss: ClipPPOLoss, tensordict: TensorDictBase, adv_shape: torch.Size
+) -> tuple[torch.Tensor, Distribution]:
+    """log π_θ(a|s) − log π_old(a|s) [*B, 1] of the stored samples, and the current distribution."""
+    log_weight, dist, *_ = loss._log_weight(tensordict, adv_shape=adv_shape)
+    return log_weight, dist
+
+
+def ppo_clip_bounds(loss: ClipPPOLoss) -> tuple[float, float]:
+    """(log(1 − ε), log(1 + ε)): the clip range of the log-ratio."""
+    low, high = loss._clip_bounds
+    return float(low), float(high)
+
+
+def ppo_has_critic(loss: ClipPPOLoss) -> bool:
+    """Whether the loss has a value network (and therefore a critic loss)."""
+    return bool(loss._has_critic)
+
+
+def ppo_normalized_advantage(loss: ClipPPOLoss, advantage: torch.Tensor, tensordict: TensorDictBase) -> torch.Tensor:
+    """The advantage as TorchRL's PPO losses use it: standardized per minibatch if the loss asks for it."""
+    return loss._maybe_normalize_advantage(advantage, tensordict, update_norm=True)
+
+
+def collector_carried_step(collector: Collector) -> TensorDictBase:
+    """The collector's next-step input (a live tensordict: updating it in place restores a rollout)."""
+    return collector._carrier
+
+
+def vecnorm_statistics(normalizer: VecNormV2) -> tuple[TensorDictBase, TensorDictBase, TensorDictBase] | None:
+    """The live running (count, E[x], E[x²]) of a ``VecNormV2`` (``None`` before it has seen data)."""
+    if normalizer._loc is None:
+        return None
+    return normalizer._count, normalizer._loc, normalizer._var
+
+
+def vecnorm_normalize(normalizer: VecNormV2, data: TensorDictBase) -> TensorDictBase:
+    """``data`` normalized with the stored statistics, which are left as they are."""
+    return normalizer._stateful_norm(data)

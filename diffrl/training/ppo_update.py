@@ -1,0 +1,217 @@
+"""The likelihood-ratio family's update: GAE, then epochs × minibatches of a PPO-family loss.
+
+PPO (arXiv 1707.06347), GenPO (arXiv 2505.18763) and TruDi-PPO share it; the KL-adaptive learning
+rate is rsl_rl's rule (arXiv 2109.11978), the one GenPO's official code uses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.objectives import LossModule
+from torchrl.objectives.value import GAE
+
+from diffrl.numerics import NumericsMonitor
+from diffrl.training import distributed as parallel
+from diffrl.training.distributed import DistributedContext
+from diffrl.training.update_rule import UpdateRule
+
+
+class KLAdaptiveLearningRate:
+    """rsl_rl's KL-adaptive learning rate with the rate kept as a tensor, so a step never syncs the host.
+
+    After each minibatch, with KL the loss's ``kl_approx``: lr ← lr / ``factor`` if KL > 2·``desired_kl``,
+    lr ← lr · ``factor`` if 0 < KL < ``desired_kl``/2, else unchanged; then clipped to
+    [``min_lr``, ``max_lr``]. The same rule as TorchRL's ``KLAdaptiveLR``, computed with
+    ``torch.where`` on a float64 0-d tensor that the optimizer reads as its ``lr`` (so a compiled or
+    CUDA-graphed step sees a changing rate without recompiling). The rate lives in the optimizer's
+    state dict. A non-finite KL leaves the rate as it is and is reported by the numerics monitor.
+
+    Example:
+        >>> import torch
+        >>> parameter = torch.nn.Parameter(torch.zeros(1))
+        >>> optimizer = torch.optim.Adam([parameter], lr=torch.tensor(5e-4, dtype=torch.float64))
+        >>> rule = KLAdaptiveLearningRate(optimizer, desired_kl=0.01)
+        >>> rule.step(torch.tensor(0.05))  # KL above twice the target: lr / 1.5
+        >>> round(float(optimizer.param_groups[0]["lr"]), 8)
+        0.00033333
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        desired_kl: float,
+        *,
+        factor: float = 1.5,
+        min_lr: float = 1e-5,
+        max_lr: float = 1e-2,
+    ) -> None:
+        if not math.isfinite(desired_kl) or desired_kl <= 0:
+            raise ValueError(f"desired_kl must be finite and > 0, got {desired_kl}")
+        if not math.isfinite(factor) or factor <= 1:
+            raise ValueError(f"lr_factor must be finite and > 1, got {factor}")
+        if not 0 < min_lr <= max_lr < math.inf:
+            raise ValueError(f"need 0 < min_lr <= max_lr < inf, got {min_lr=}, {max_lr=}")
+        for group in optimizer.param_groups:
+            if not isinstance(group["lr"], torch.Tensor):
+                raise ValueError("KLAdaptiveLearningRate needs the optimizer's lr as a tensor (torch.tensor(lr))")
+        self.optimizer = optimizer
+        self.desired_kl, self.factor, self.min_lr, self.max_lr = desired_kl, factor, min_lr, max_lr
+
+    def step(self, kl: torch.Tensor) -> None:
+        kl = kl.detach().to(torch.float64)
+        for group in self.optimizer.param_groups:
+            lr = group["lr"]
+            scaled = torch.where(
+                kl > 2 * self.desired_kl,
+                lr / self.factor,
+                torch.where((kl > 0) & (kl < self.desired_kl / 2), lr * self.factor, lr),
+            )
+            lr.copy_(scaled.clamp(self.min_lr, self.max_lr))
+
+
+class PPOUpdate(UpdateRule):
+    """GAE with time-out bootstrapping, then ``num_epochs`` × ``num_minibatches`` steps of a PPO-family loss.
+
+    Per iteration: advantages by GAE (the env must give the true final observation on a truncated
+    step), standardized over the whole rollout (over all ranks under ``torchrun``), then per
+    shuffled minibatch the sum of the loss's ``loss_*`` terms, gradient averaging across ranks,
+    global gradient-norm clipping, an Adam step and — per minibatch, as GenPO and rsl_rl do — the
+    KL-adaptive learning rate fed with the loss's ``kl_approx`` (averaged over ranks).
+
+    Nothing in :meth:`update` reads a tensor on the host: the metrics come back as 0-d tensors, and
+    the numerical checks of the loss and actor are deferred to :attr:`numerics`, which the loop
+    inspects once per iteration.
+
+    Reference: PPO, Schulman et al., arXiv 1707.06347; GAE, arXiv 1506.02438; the adaptive rate and
+    schedule of rsl_rl (Rudin et al., arXiv 2109.11978) as GenPO (arXiv 2505.18763) uses them.
+
+    Args:
+        loss_module: a PPO-family loss (``ClipPPOLoss``, ``GenPOLoss``, ``TruDiPPOLoss``) whose
+            ``actor_network`` collects and whose ``critic_network`` GAE reads.
+        num_epochs, num_minibatches: the schedule (GenPO Ant: 5 × 4).
+        learning_rate: the initial Adam learning rate (GenPO Ant: 5e-4).
+        adaptive_lr: adapt the rate to ``desired_kl`` (:class:`KLAdaptiveLearningRate`); else fixed.
+        desired_kl, lr_factor, min_lr, max_lr: the adaptive rule (GenPO: 0.01, 1.5, 1e-5, 1e-2).
+        gamma, lmbda: GAE's discount and λ (GenPO: 0.99, 0.95).
+        max_grad_norm: the global gradient-norm clip (GenPO: 1.0).
+        normalize_advantage: standardize advantages over the rollout.
+        distributed: this process's place in a ``torchrun`` launch (``None``: one process).
+
+    Example:
+        >>> import torch
+        >>> from torchrl.objectives import ClipPPOLoss
+        >>> from diffrl.modules import GaussianActor, make_value_network
+        >>> actor, critic = GaussianActor(2, 3, [8]), make_value_network(3, [8])
+        >>> update = PPOUpdate(ClipPPOLoss(actor, critic), num_epochs=1, num_minibatches=2)
+        >>> sorted(update.checkpoint_components())
+        ['actor', 'critic', 'optimizer']
+    """
+
+    def __init__(
+        self,
+        loss_module: LossModule,
+        *,
+        num_epochs: int = 5,
+        num_minibatches: int = 4,
+        learning_rate: float = 5e-4,
+        adaptive_lr: bool = True,
+        desired_kl: float = 0.01,
+        lr_factor: float = 1.5,
+        min_lr: float = 1e-5,
+        max_lr: float = 1e-2,
+        gamma: float = 0.99,
+        lmbda: float = 0.95,
+        max_grad_norm: float = 1.0,
+        normalize_advantage: bool = True,
+        distributed: DistributedContext | None = None,
+    ) -> None:
+        if num_epochs < 1 or num_minibatches < 1:
+            raise ValueError(f"num_epochs and num_minibatches must be >= 1, got {num_epochs}, {num_minibatches}")
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        self.loss_module = loss_module
+        self.actor = loss_module.actor_network
+        self.critic = loss_module.critic_network
+        self.num_epochs, self.num_minibatches = num_epochs, num_minibatches
+        self.max_grad_norm = max_grad_norm
+        self.normalize_advantage = normalize_advantage
+        self.context = distributed or DistributedContext()
+        if self.context.is_distributed:
+            parallel.broadcast_parameters(loss_module)
+        self.advantage_module = GAE(gamma=gamma, lmbda=lmbda, value_network=self.critic, average_gae=False)
+        parameters = list(loss_module.parameters())
+        device = parameters[0].device
+        self.optimizer = torch.optim.Adam(
+            parameters,
+            lr=torch.tensor(learning_rate, dtype=torch.float64, device=device),
+            capturable=device.type == "cuda",  # the step stays on the GPU: no sync, graph-capturable
+        )
+        self.lr_rule = (
+            KLAdaptiveLearningRate(self.optimizer, desired_kl, factor=lr_factor, min_lr=min_lr, max_lr=max_lr)
+            if adaptive_lr
+            else None
+        )
+        self.numerics = NumericsMonitor("deferred")
+        for module in (loss_module, self.actor):
+            if hasattr(module, "numerics"):
+                module.numerics = self.numerics
+
+    @property
+    def learning_rate(self) -> torch.Tensor:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def checkpoint_components(self) -> dict[str, Any]:
+        return {"actor": self.actor, "critic": self.critic, "optimizer": self.optimizer}
+
+    def update(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            self.advantage_module(batch)
+        flat = batch.reshape(-1)
+        if self.normalize_advantage:
+            flat["advantage"] = self._normalized_advantage(flat["advantage"])
+        parameters = list(self.loss_module.parameters())
+        sums: dict[str, torch.Tensor] = {}
+        grad_norm_sum = torch.zeros((), device=flat.device)
+        minibatch_size = flat.numel() // self.num_minibatches
+        for _ in range(self.num_epochs):
+            order = torch.randperm(flat.numel(), device=flat.device)
+            for index in range(self.num_minibatches):
+                minibatch = flat[order[index * minibatch_size : (index + 1) * minibatch_size]]
+                out = self.loss_module(minibatch)
+                if self.lr_rule is not None:
+                    kl = out["kl_approx"].detach()
+                    if self.context.is_distributed:
+                        kl = parallel.all_reduce_sum(kl) / self.context.world_size
+                    self.numerics.require(
+                        ~torch.isfinite(kl), "KL-adaptive learning rate", kl, lambda v: f"the KL {v[0]} is not finite"
+                    )
+                    self.lr_rule.step(kl)
+                loss = sum(value for key, value in out.items() if key.startswith("loss_"))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.context.is_distributed:
+                    parallel.average_gradients(parameters, self.context.world_size)
+                grad_norm_sum += torch.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
+                self.optimizer.step()
+                for key, value in out.items():
+                    sums[key] = sums.get(key, 0.0) + value.detach().float()
+        count = self.num_epochs * self.num_minibatches
+        metrics = {key: value / count for key, value in sums.items()}
+        metrics["grad_norm"] = grad_norm_sum / count
+        return metrics
+
+    def _normalized_advantage(self, advantage: torch.Tensor) -> torch.Tensor:
+        """Standardized with the mean and (unbiased) std of the whole rollout, over all ranks."""
+        wide = advantage.double()
+        moments = torch.stack([wide.sum(), wide.pow(2).sum(), wide.new_tensor(advantage.numel())])
+        if self.context.is_distributed:
+            moments = parallel.all_reduce_sum(moments)
+        total, total_squares, count = moments.unbind()
+        mean = total / count
+        # Round-off can push the sum formula a hair below zero for a constant advantage.
+        std = ((total_squares - count * mean**2) / (count - 1)).clamp_min(0).sqrt()
+        return ((advantage - mean) / std.clamp_min(1e-8)).to(advantage.dtype)

@@ -1,0 +1,79 @@
+"""The layout of a run directory, named once: what training writes and what deploy reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@dataclass(frozen=True)
+class RunDirectory:
+    """Where a training run keeps its files::
+
+        <root>/config.yaml            the resolved Hydra config
+        <root>/run.json               the MLflow run id and tracking URI
+        <root>/mlflow.db              the default MLflow store (sqlite)
+        <root>/mlartifacts/           its artifacts
+        <root>/checkpoints/checkpoint-<iteration>/   rotated TorchRL checkpoints
+        <root>/policy.pt              the final actor and observation normalizer
+        <root>/learning_curve.png     the learning curve
+        <root>/export/                ONNX / TorchScript exports
+
+    Example:
+        >>> RunDirectory("runs/x").checkpoint(25).name
+        'checkpoint-000000000025'
+        >>> RunDirectory.of_checkpoint("runs/x/checkpoints/checkpoint-000000000025").root.name
+        'x'
+    """
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunDirectory:
+        """``<root>/checkpoints/checkpoint-…`` → the run directory (a resumed run continues in place)."""
+        return cls(Path(checkpoint).resolve().parent.parent)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def run_info(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, iteration: int) -> Path:
+        """The checkpoint directory TorchRL's ``CheckpointRotation`` writes for ``iteration``."""
+        return self.checkpoints / f"{CHECKPOINT_PREFIX}{iteration:012d}"
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(path for path in self.checkpoints.glob(f"{CHECKPOINT_PREFIX}*") if path.is_dir())
+        return found[-1] if found else None
+
+    @property
+    def policy(self) -> Path:
+        return self.root / "policy.pt"
+
+    @property
+    def learning_curve(self) -> Path:
+        return self.root / "learning_curve.png"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"

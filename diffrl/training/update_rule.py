@@ -1,0 +1,46 @@
+"""What the training loop asks of an update family: turn one collected rollout into new parameters.
+
+Two families share the loop (``docs/training.md``):
+
+- the likelihood-ratio family (PPO, GenPO, TruDi-PPO): :class:`~diffrl.training.ppo_update.PPOUpdate`,
+  GAE then epochs × minibatches of a ratio objective under a KL-adaptive learning rate;
+- the pathwise family (REPPO, TruDi as published): a critic step then an actor step through Q per
+  minibatch, on a soft λ-return, with the old actor synced once per iteration. It subclasses
+  :class:`UpdateRule` the same way; the loop does not know which family it runs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+
+from diffrl.numerics import NumericsMonitor
+
+
+class UpdateRule(ABC):
+    """One update family: an actor, the modules and optimizer state it trains, and :meth:`update`.
+
+    Subclasses set :attr:`actor` (the collecting policy) and implement :meth:`update` and
+    :meth:`checkpoint_components`. Metrics stay on the device as 0-d tensors: the loop reads all of
+    them in one host transfer per iteration.
+    """
+
+    actor: TensorDictModuleBase
+    numerics: NumericsMonitor
+
+    @abstractmethod
+    def update(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        """Learn from one rollout [num_envs, steps]; returns the iteration's metrics as 0-d tensors."""
+
+    @abstractmethod
+    def checkpoint_components(self) -> dict[str, Any]:
+        """The stateful parts a checkpoint saves, by name (``"actor"`` is the one deploy reads)."""
+
+    @property
+    @abstractmethod
+    def learning_rate(self) -> torch.Tensor:
+        """The current learning rate (0-d tensor), reported every iteration."""
