@@ -78,7 +78,9 @@ def training_env(
     transforms = [RewardSum(), StepCounter()]  # writing EPISODE_RETURN_KEY and EPISODE_LENGTH_KEY
     if normalize_observations:
         transforms.insert(0, ObservationNormalizer.for_key(observation_key))
-    return TransformedEnv(env, Compose(*transforms))
+    # Not unwrapped into the backend's own TransformedEnv: its attributes (the MuJoCo simulator state,
+    # Isaac Lab's asset record) stay reachable as ``base_env``'s.
+    return TransformedEnv(env, Compose(*transforms), auto_unwrap=False)
 
 
 def observation_normalizer(env: EnvBase) -> ObservationNormalizer | None:

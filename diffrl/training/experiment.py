@@ -113,7 +113,8 @@ def _train(
     ).to(env.device)
     critic = instantiate(cfg.algorithm.critic, obs_dim=obs_dim, observation_key=observation_key).to(env.device)
     loss_module = instantiate(cfg.algorithm.loss, actor_network=actor, critic_network=critic)
-    update = instantiate(cfg.update, loss_module=loss_module, distributed=context)
+    # Partial: Hydra would turn the DistributedContext dataclass into a config node.
+    update = instantiate(cfg.trainer, _partial_=True)(loss_module=loss_module, distributed=context)
     layout = RunDirectory(run_dir)
     trainer = OnPolicyTrainer(
         env=env,

@@ -21,7 +21,7 @@ from diffrl.training.run_directory import RunDirectory
 logger = logging.getLogger("diffrl")
 
 
-# The ``update`` config group: one entry per update rule, its defaults read off the constructor.
+# The ``trainer`` config group: one entry per update rule, its defaults read off the constructor.
 UPDATE_RULES = {"ppo": PPOUpdate}
 # Arguments the experiment passes itself, not configuration.
 _WIRED_ARGUMENTS = {"loss_module", "distributed"}
@@ -44,11 +44,11 @@ def constructor_config(target: type) -> dict[str, Any]:
 
 
 def register_configs() -> None:
-    """The ``update`` config group and ``${diffrl_run_dir:${resume},<default>}`` (a resumed run keeps its
+    """The ``trainer`` config group and ``${diffrl_run_dir:${resume},<default>}`` (a resumed run keeps its
     run directory); call before composing a recipe config (the recipes do)."""
     store = ConfigStore.instance()
     for name, rule in UPDATE_RULES.items():
-        store.store(group="update", name=name, node=constructor_config(rule))
+        store.store(group="trainer", name=name, node=constructor_config(rule))
     if not OmegaConf.has_resolver("diffrl_run_dir"):
         OmegaConf.register_new_resolver(
             "diffrl_run_dir",

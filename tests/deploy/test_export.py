@@ -281,7 +281,7 @@ def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
     from omegaconf import OmegaConf
     from torchrl.checkpoint import Checkpoint
 
-    from diffrl.training.experiment import save_policy
+    from diffrl.training.experiment import actor_dimensions, save_policy
     from diffrl.training.recipe import register_configs
 
     register_configs()
@@ -290,7 +290,7 @@ def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
         cfg = compose(recipe, overrides=overrides)
     dims = {"action_dim": ACTION_DIM, "obs_dim": OBS_DIM}
     actor_cfg = cfg.algorithm.actor
-    actor = instantiate(actor_cfg, observation_key="observation", **({"flow": dims} if "flow" in actor_cfg else dims))
+    actor = instantiate(actor_cfg, observation_key="observation", **actor_dimensions(actor_cfg, **dims))
     normalizer = ObservationNormalizer(in_keys=["observation"], decay=1.0, reduce_batch_dims=True)
     env = TransformedEnv(make_gym_env("HalfCheetah-v5", num_envs=2, seed=0), normalizer)
     env.rollout(5, break_when_any_done=False)

@@ -76,6 +76,10 @@ RECIPES = ("genpo_isaaclab", "trudi_isaaclab", "ppo_isaaclab")
 def _compose(recipe: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
+    from diffrl.training.recipe import register_configs
+
+    register_configs()
+
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return compose(config_name=recipe, overrides=overrides)
 
@@ -94,11 +98,11 @@ def test_task_preset_composes_with_reference_settings(recipe, preset):
     cfg = _compose(recipe, [f"task={preset}", "env.num_envs=64", "env.device=cpu"])
     assert cfg.env.backend == "isaaclab" and cfg.env.task == task and cfg.env.num_envs == 64
     assert cfg.collector.steps_per_env == steps
-    trainer = cfg.algorithm.trainer
-    assert (trainer.num_epochs, trainer.num_minibatches, trainer.learning_rate) == (epochs, minibatches, lr)
+    update = cfg.trainer
+    assert (update.num_epochs, update.num_minibatches, update.learning_rate) == (epochs, minibatches, lr)
     assert list(cfg.algorithm.hidden_sizes) == widths and list(cfg.algorithm.critic_hidden_sizes) == widths
     if normalize is not None:  # the Ant preset keeps each algorithm's own default
-        assert trainer.normalize_observations is normalize
+        assert cfg.algorithm.normalize_observations is normalize
     assert cfg.algorithm.name == recipe.removesuffix("_isaaclab")
 
 

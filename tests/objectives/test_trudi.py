@@ -249,7 +249,8 @@ def test_keys_are_set_from_the_actor_and_configurable():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"), [({"trust_region_kl": 0.0}, "trust_region_kl"), ({"regression_coeff": -1.0}, "regression_coeff must be >= 0")]
+    ("kwargs", "message"),
+    [({"trust_region_kl": 0.0}, "trust_region_kl"), ({"regression_coeff": -1.0}, "regression_coeff must be >= 0")],
 )
 def test_invalid_arguments_are_rejected(kwargs, message):
     actor, critic, _ = build()

@@ -11,31 +11,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffrl.envs.gym import make_gym_env
-from diffrl.modules.genpo_actor import GenPOActor
-from diffrl.modules.genpo_flow import GenPOFlow
-from diffrl.modules.value_net import make_value_network
-from diffrl.objectives.genpo import GenPOLoss
-from diffrl.training.on_policy import OnPolicyTrainer
+from diffrl.envs import make_gym_env, training_env
+from diffrl.modules import GenPOActor, GenPOFlow, make_value_network
+from diffrl.objectives import GenPOLoss
+from diffrl.training import OnPolicyTrainer, PPOUpdate
 
 NUM_ENVS, STEPS = 4, 16
 
 
-def make_trainer(checkpoint_dir: Path, total_frames: int, **kwargs) -> OnPolicyTrainer:
+def make_trainer(checkpoint_dir: Path, total_frames: int, hidden: int = 16, **kwargs) -> OnPolicyTrainer:
     torch.manual_seed(0)
-    env = make_gym_env("HalfCheetah-v5", NUM_ENVS, seed=0, max_episode_steps=20)
+    env = training_env(make_gym_env("HalfCheetah-v5", NUM_ENVS, seed=0, max_episode_steps=20))
     obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
-    actor = GenPOActor(GenPOFlow(action_dim, obs_dim, num_steps=2, hidden_sizes=[16]))
+    actor = GenPOActor(GenPOFlow(action_dim, obs_dim, num_steps=2, hidden_sizes=[hidden]))
     critic = make_value_network(obs_dim, [16])
     return OnPolicyTrainer(
         env=env,
-        actor=actor,
-        critic=critic,
-        loss_module=GenPOLoss(actor, critic),
+        update=PPOUpdate(GenPOLoss(actor, critic), num_epochs=2, num_minibatches=2),
         total_frames=total_frames,
         steps_per_env=STEPS,
-        num_epochs=2,
-        num_minibatches=2,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=2,
         progress=False,
@@ -52,7 +46,7 @@ def test_iterations_frames_and_metrics_are_counted(tmp_path):
     assert math.isfinite(history[-1]["episode_return"]) and history[-1]["episode_length"] == 20.0
     for key in ("loss_objective", "loss_critic", "loss_compression", "kl_approx", "kl_k3", "ESS", "learning_rate"):
         assert math.isfinite(history[-1][key]), key
-    assert [path.name for path in trainer.checkpoints.checkpoints()] == [
+    assert [path.name for path in trainer.run_state.checkpoints.checkpoints()] == [
         "checkpoint-000000000002",
         "checkpoint-000000000003",
     ]
@@ -61,14 +55,14 @@ def test_iterations_frames_and_metrics_are_counted(tmp_path):
 def test_resume_continues_counters_history_and_parameters(tmp_path):
     first = make_trainer(tmp_path, total_frames=2 * NUM_ENVS * STEPS)
     first.train()
-    saved = {key: value.clone() for key, value in first.actor.state_dict().items()}
-    saved_lr = first.optimizer.param_groups[0]["lr"]
+    saved = {key: value.clone() for key, value in first.update.actor.state_dict().items()}
+    saved_lr = float(first.update.learning_rate)
 
     resumed = make_trainer(tmp_path, total_frames=4 * NUM_ENVS * STEPS)
-    resumed.load_checkpoint(first.checkpoints.latest())
+    resumed.load_checkpoint(first.run_state.checkpoints.latest())
     assert resumed.progress.iteration == 2 and resumed.progress.frames == 128
-    assert resumed.optimizer.param_groups[0]["lr"] == saved_lr
-    for key, value in resumed.actor.state_dict().items():
+    assert float(resumed.update.learning_rate) == saved_lr
+    for key, value in resumed.update.actor.state_dict().items():
         assert torch.equal(value, saved[key]), key
     history = resumed.train()
     assert [entry["frames"] for entry in history] == [64.0, 128.0, 192.0, 256.0]
@@ -83,16 +77,16 @@ def test_interrupted_training_checkpoints_the_last_completed_iteration(tmp_path)
     trainer = make_trainer(tmp_path, total_frames=10 * NUM_ENVS * STEPS, on_metrics=interrupt_at_third)
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
-    assert trainer.checkpoints.latest().name == "checkpoint-000000000003"
+    assert trainer.run_state.checkpoints.latest().name == "checkpoint-000000000003"
     resumed = make_trainer(tmp_path, total_frames=10 * NUM_ENVS * STEPS)
-    resumed.load_checkpoint(trainer.checkpoints.latest())
+    resumed.load_checkpoint(trainer.run_state.checkpoints.latest())
     assert resumed.progress.iteration == 3
 
 
 def test_corrupted_or_missing_checkpoint_is_a_clear_error(tmp_path):
     trainer = make_trainer(tmp_path / "run", total_frames=2 * NUM_ENVS * STEPS)
     trainer.train()
-    latest = trainer.checkpoints.latest()
+    latest = trainer.run_state.checkpoints.latest()
     with pytest.raises(ValueError, match="does not exist"):
         trainer.load_checkpoint(tmp_path / "nowhere")
     payloads = [path for path in latest.rglob("*") if path.is_file() and path.suffix != ".json"]
@@ -120,9 +114,9 @@ def test_resumed_run_reproduces_the_uninterrupted_run_exactly(tmp_path):
     # Stopped after 3 iterations (checkpoints every 2): the resume is from the final checkpoint.
     first = make_trainer(tmp_path / "split", total_frames=3 * NUM_ENVS * STEPS)
     first.train()
-    assert first.checkpoints.latest().name == "checkpoint-000000000003"
+    assert first.run_state.checkpoints.latest().name == "checkpoint-000000000003"
     resumed = make_trainer(tmp_path / "split", total_frames=total)
-    resumed.load_checkpoint(first.checkpoints.latest())
+    resumed.load_checkpoint(first.run_state.checkpoints.latest())
     continued = resumed.train()
 
     assert len(continued) == len(uninterrupted) == 5
@@ -137,9 +131,9 @@ def test_resume_without_simulator_state_restarts_episodes_and_says_so(tmp_path, 
     first = make_trainer(tmp_path, total_frames=2 * NUM_ENVS * STEPS)
     first.train()
     resumed = make_trainer(tmp_path, total_frames=3 * NUM_ENVS * STEPS)
-    resumed.rollout_state.simulator = None  # as for an env that exposes no state (Isaac Lab)
+    resumed.run_state.rollout.simulator = None  # as for an env that exposes no state (Isaac Lab)
     with caplog.at_level("WARNING", logger="diffrl.training"):
-        resumed.load_checkpoint(first.checkpoints.latest())
+        resumed.load_checkpoint(first.run_state.checkpoints.latest())
     assert "resumed episodes restart from a reset" in caplog.text
     assert resumed.train()[-1]["frames"] == 192.0
 
@@ -161,22 +155,22 @@ class KilledWhileSaving:
 
 trainer = make_trainer(Path({run!r}), total_frames=1)
 trainer.progress.iteration = 3
-trainer.checkpoint.register("zz_killed_while_saving", KilledWhileSaving())
-trainer.save_checkpoint()
+trainer.run_state.checkpoint.register("zz_killed_while_saving", KilledWhileSaving())
+trainer.run_state.save()
 """
 
 
 def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tmp_path):
     trainer = make_trainer(tmp_path, total_frames=2 * NUM_ENVS * STEPS)
     trainer.train()
-    previous = trainer.checkpoints.latest()
+    previous = trainer.run_state.checkpoints.latest()
     script = KILLED_SAVE.format(tests=str(Path(__file__).parent), run=str(tmp_path))
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
     staged = [path for path in tmp_path.iterdir() if path.name.startswith(".")]
     assert staged, "the killed save had started writing (into a hidden staging directory)"
-    assert trainer.checkpoints.latest() == previous
-    assert [path.name for path in trainer.checkpoints.checkpoints()] == [previous.name]
+    assert trainer.run_state.checkpoints.latest() == previous
+    assert [path.name for path in trainer.run_state.checkpoints.checkpoints()] == [previous.name]
     resumed = make_trainer(tmp_path, total_frames=3 * NUM_ENVS * STEPS)
     resumed.load_checkpoint(previous)
     assert resumed.progress.iteration == 2
@@ -185,14 +179,7 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_intact(tmp_path):
 def test_an_incompatible_checkpoint_is_a_clear_error(tmp_path):
     trainer = make_trainer(tmp_path, total_frames=2 * NUM_ENVS * STEPS)
     trainer.train()
-    torch.manual_seed(0)
-    env = make_gym_env("HalfCheetah-v5", NUM_ENVS, seed=0)
-    obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
-    wider = GenPOActor(GenPOFlow(action_dim, obs_dim, num_steps=2, hidden_sizes=[32]))
-    critic = make_value_network(obs_dim, [16])
-    other = OnPolicyTrainer(
-        env=env, actor=wider, critic=critic, loss_module=GenPOLoss(wider, critic), total_frames=1, progress=False
-    )
-    latest = trainer.checkpoints.latest()
+    other = make_trainer(tmp_path / "other", total_frames=1, hidden=32)
+    latest = trainer.run_state.checkpoints.latest()
     with pytest.raises(ValueError, match=rf"(?s)cannot resume from checkpoint {latest}: .*size mismatch"):
         other.load_checkpoint(latest)

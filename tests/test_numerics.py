@@ -1,0 +1,54 @@
+"""NumericsMonitor: deferred checks raise the same named error as immediate ones, once, with no host sync."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from diffrl.numerics import NumericalError, NumericsMonitor
+
+
+def batch_with_nan_at(index: int, size: int = 6) -> TensorDict:
+    observation = torch.arange(size * 2, dtype=torch.float32).reshape(size, 2)
+    observation[index, 1] = float("nan")
+    return TensorDict({"observation": observation, "reward": torch.full((size, 1), -3.5)}, batch_size=[size])
+
+
+def test_immediate_check_raises_at_once_naming_quantity_count_index_and_inputs():
+    data = batch_with_nan_at(4)
+    with pytest.raises(NumericalError) as error:
+        NumericsMonitor("immediate").require_finite(data["observation"], "observation", data, "observation")
+    message = str(error.value)
+    assert "observation is not finite for 1 of 6 samples; first at index 4 (stored sample 'observation')" in message
+    assert "observation: max|·|=nan" in message and "reward: max|·|=3.5" in message
+
+
+def test_deferred_checks_raise_only_on_inspection_and_report_the_first_failing_call():
+    monitor = NumericsMonitor("deferred")
+    clean, first_bad, second_bad = batch_with_nan_at(0), batch_with_nan_at(2), batch_with_nan_at(5)
+    clean["observation"][0, 1] = 0.0
+    for data in (clean, first_bad, second_bad):
+        monitor.require_finite(data["observation"], "observation", data)  # records, never raises
+    with pytest.raises(NumericalError, match=r"for 2 of 18 samples; first at index 2 of check 2 of 3 this iteration"):
+        monitor.raise_if_failed()
+    monitor.raise_if_failed()  # inspection forgets what it reported
+
+
+def test_deferred_condition_reports_the_values_of_its_first_failure():
+    monitor = NumericsMonitor("deferred")
+    for value in (0.1, 0.7, 0.9):
+        tensor = torch.tensor(value)
+        monitor.require(tensor > 0.5, "ratio", tensor, lambda values: f"{values[0]:.2f} > 0.5")
+    with pytest.raises(NumericalError, match=r"ratio: 0\.70 > 0\.5"):
+        monitor.raise_if_failed()
+
+
+def test_off_checks_nothing_and_a_clean_deferred_run_passes():
+    data = batch_with_nan_at(1)
+    NumericsMonitor("off").require_finite(data["observation"], "observation", data)
+    monitor = NumericsMonitor("deferred")
+    monitor.require_finite(data["reward"], "reward", data)
+    monitor.raise_if_failed()
+    with pytest.raises(ValueError, match="numerics mode"):
+        NumericsMonitor("sometimes")

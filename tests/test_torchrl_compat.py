@@ -1,0 +1,73 @@
+"""Each wrapper of TorchRL's private API returns what TorchRL's public behaviour implies, on the installed TorchRL."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tensordict import TensorDict
+from torchrl.collectors import Collector
+from torchrl.objectives import ClipPPOLoss
+
+from diffrl.envs import ObservationNormalizer, make_gym_env
+from diffrl.modules import GaussianActor, make_value_network
+from diffrl.torchrl_compat import (
+    collector_carried_step,
+    ppo_clip_bounds,
+    ppo_has_critic,
+    ppo_log_weight,
+    ppo_normalized_advantage,
+    vecnorm_normalize,
+    vecnorm_statistics,
+)
+
+
+def test_ppo_accessors_match_the_loss_definition():
+    torch.manual_seed(0)
+    actor, critic = GaussianActor(2, 3, [8]), make_value_network(3, [8])
+    loss = ClipPPOLoss(actor, critic, clip_epsilon=0.2, normalize_advantage=True)
+    with torch.no_grad():
+        batch = actor(TensorDict({"observation": torch.randn(16, 3)}, batch_size=[16]))
+        actor.module[0].module[0][0].weight.add_(0.1)  # move the policy away from the one that sampled
+    log_weight, dist = ppo_log_weight(loss, batch, adv_shape=torch.Size([16]))
+    expected = dist.log_prob(batch["action"]) - batch["action_log_prob"]
+    torch.testing.assert_close(log_weight.squeeze(-1), expected)
+    low, high = ppo_clip_bounds(loss)  # float32 buffers
+    assert math.isclose(low, math.log1p(-0.2), rel_tol=1e-6) and math.isclose(high, math.log1p(0.2), rel_tol=1e-6)
+    assert ppo_has_critic(loss) and not ppo_has_critic(ClipPPOLoss(actor, None, critic_coeff=None))
+    advantage = torch.randn(16, 1) * 5 + 3
+    normalized = ppo_normalized_advantage(loss, advantage, batch)
+    torch.testing.assert_close(normalized.mean(), torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+def test_carried_step_is_the_next_rollout_input():
+    env = make_gym_env("HalfCheetah-v5", 2, seed=0, max_episode_steps=5)
+    actor = GaussianActor(6, 17, [8])
+    collector = Collector(env, actor, frames_per_batch=6, total_frames=-1, auto_register_policy_transforms=False)
+    batch = next(iter(collector))
+    carried = collector_carried_step(collector)
+    # The carried observation is the last step's next observation, reset where an episode ended.
+    last = batch[:, -1]
+    not_done = ~last["next", "done"].squeeze(-1)
+    torch.testing.assert_close(carried["observation"][not_done], last["next", "observation"][not_done])
+    collector.shutdown()
+
+
+def test_vecnorm_statistics_are_the_running_moments_of_every_observation_seen():
+    from torchrl.envs import TransformedEnv
+
+    normalizer = ObservationNormalizer.for_key("observation")
+    assert vecnorm_statistics(normalizer) is None
+    steps = 4
+    TransformedEnv(make_gym_env("HalfCheetah-v5", 2, seed=3), normalizer).rollout(steps, break_when_any_done=False)
+    raw = make_gym_env("HalfCheetah-v5", 2, seed=3)
+    torch.manual_seed(0)
+    seen = raw.rollout(steps, break_when_any_done=False)  # actions differ: only the reset matches, so compare it
+    count, mean, second = vecnorm_statistics(normalizer)
+    assert int(count["observation"].max()) == 2 * (steps + 1)  # the reset and every step, both envs
+    assert mean["observation"].shape == seen["observation"].shape[-1:]
+    # The normalization is (x - E[x]) / sqrt(E[x²] - E[x]²), floored at eps = 1e-2.
+    probe = TensorDict({"observation": seen["observation"][:, 0]}, batch_size=[2])
+    scale = (second["observation"] - mean["observation"] ** 2).clamp_min(0).sqrt().clamp_min(1e-2)
+    expected = (probe["observation"] - mean["observation"]) / scale
+    torch.testing.assert_close(vecnorm_normalize(normalizer, probe.clone())["observation"], expected, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,64 @@
+"""PPOUpdate and its tensor KL-adaptive learning rate; the recipes' trainer config read off the constructor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchrl.objectives import ClipPPOLoss, KLAdaptiveLR
+
+from diffrl.envs import make_gym_env
+from diffrl.modules import GaussianActor, make_value_network
+from diffrl.training import KLAdaptiveLearningRate, OnPolicyTrainer, PPOUpdate
+from diffrl.training.recipe import constructor_config
+
+
+def test_tensor_rule_follows_torchrl_kl_adaptive_lr_step_for_step():
+    """TorchRL's KLAdaptiveLR (Python floats) is the reference; KLs cover every branch and both bounds."""
+    kls = [0.5, 0.5, 0.5, 0.001, 0.0, -0.01, 0.004, 0.02, 0.03] + [1e-6] * 20 + [1.0] * 30
+    reference_parameter, parameter = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    reference = torch.optim.Adam([reference_parameter], lr=5e-4)
+    optimizer = torch.optim.Adam([parameter], lr=torch.tensor(5e-4, dtype=torch.float64))
+    reference_rule = KLAdaptiveLR(reference, 0.01, factor=1.5, min_lr=1e-5, max_lr=1e-2)
+    rule = KLAdaptiveLearningRate(optimizer, 0.01, factor=1.5, min_lr=1e-5, max_lr=1e-2)
+    seen = set()
+    for kl in kls:
+        reference_rule.step(kl)
+        rule.step(torch.tensor(kl))
+        expected = reference.param_groups[0]["lr"]
+        assert float(optimizer.param_groups[0]["lr"]) == pytest.approx(expected, rel=1e-12), kl
+        seen.add(expected)
+    assert 1e-5 in seen and 1e-2 in seen  # both bounds reached
+
+
+def test_non_tensor_learning_rate_is_refused():
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    with pytest.raises(ValueError, match="lr as a tensor"):
+        KLAdaptiveLearningRate(optimizer, 0.01)
+
+
+def test_update_returns_device_tensors_and_moves_the_parameters():
+    torch.manual_seed(0)
+    env = make_gym_env("HalfCheetah-v5", 4, seed=0, max_episode_steps=10)
+    actor, critic = GaussianActor(6, 17, [16]), make_value_network(17, [16])
+    update = PPOUpdate(ClipPPOLoss(actor, critic), num_epochs=2, num_minibatches=2)
+    before = [parameter.detach().clone() for parameter in actor.parameters()]
+    with torch.no_grad():
+        batch = env.rollout(8, actor, break_when_any_done=False)
+    metrics = update.update(batch)
+    assert all(isinstance(value, torch.Tensor) and value.numel() == 1 for value in metrics.values())
+    assert {"loss_objective", "loss_critic", "kl_approx", "grad_norm"} <= metrics.keys()
+    assert any(not torch.equal(b, a) for b, a in zip(before, actor.parameters(), strict=True))
+
+
+def test_trainer_config_mirrors_the_constructor():
+    node = constructor_config(PPOUpdate)
+    assert node["_target_"] == "diffrl.training.ppo_update.PPOUpdate"
+    assert (node["num_epochs"], node["learning_rate"], node["desired_kl"], node["gamma"]) == (5, 5e-4, 0.01, 0.99)
+    assert "loss_module" not in node and "distributed" not in node
+
+
+def test_the_trainer_asks_for_a_training_env():
+    env = make_gym_env("HalfCheetah-v5", 2, seed=0)
+    actor, critic = GaussianActor(6, 17, [8]), make_value_network(17, [8])
+    with pytest.raises(ValueError, match=r"diffrl.envs.training_env\(env\)"):
+        OnPolicyTrainer(env=env, update=PPOUpdate(ClipPPOLoss(actor, critic)), total_frames=10)
