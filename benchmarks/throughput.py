@@ -17,16 +17,24 @@ Cartpole (the one task Isaac Lab configures it for), Isaac Lab's own TorchRL PPO
 task, envs, rollout length and network sizes. The first ``--burn-in`` iterations (or collector
 batches) are excluded. All runs use diffrl's offline stand-in assets.
 
+Shared CPU (``--shared-cpu``): the main job (the GenPO recipe's defaults: Isaac-Cartpole, 256 envs)
+alone and beside one busy core (a process spinning in a Python loop), each with the recipes' thread
+default (``torch_threads=1``, ``OMP_WAIT_POLICY=PASSIVE``) and with torch's own (one thread per core,
+OpenMP's active wait), in turns, ``--repeats`` times; the table gives medians and the busy/alone ratio.
+
     python benchmarks/throughput.py                                # Cartpole and Ant, 64 and 256 envs
     python benchmarks/throughput.py --quick --json throughput.json # Cartpole, 256 envs, a few minutes
+    python benchmarks/throughput.py --shared-cpu --repeats 3       # the main job alone and beside a busy core
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,7 +66,9 @@ RECIPE_OVERRIDES: dict[tuple[str, str], tuple[str, list[str]]] = {
 RSL_RL_ITERATION = re.compile(r"Collection time:\s*([\d.]+)s\s*\n\s*Learning time:\s*([\d.]+)s")
 
 
-def recipe_config(algorithm: str, task: str, num_envs: int, device: str, iterations: int = 1) -> Any:
+def recipe_config(
+    algorithm: str, task: str, num_envs: int, device: str, iterations: int = 1, extra: Sequence[str] = ()
+) -> Any:
     """The recipe's Hydra config for ``algorithm`` on ``task``, sized for ``iterations`` iterations."""
     from hydra import compose, initialize_config_dir
 
@@ -67,7 +77,7 @@ def recipe_config(algorithm: str, task: str, num_envs: int, device: str, iterati
     register_configs()
     config_name, overrides = RECIPE_OVERRIDES[(algorithm, task)]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=[*overrides, f"env.num_envs={num_envs}", f"env.device={device}"])
+        cfg = compose(config_name, overrides=[*overrides, f"env.num_envs={num_envs}", f"env.device={device}", *extra])
     cfg.env.assets = "offline"
     cfg.collector.total_frames = iterations * num_envs * cfg.collector.steps_per_env
     cfg.logger.progress = False
@@ -130,11 +140,13 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
     return [{"measurement": "collection", "task": task, "num_envs": num_envs, **record} for record in records]
 
 
-def train_worker(algorithm: str, task: str, num_envs: int, device: str, iterations: int, burn_in: int) -> dict:
+def train_worker(
+    algorithm: str, task: str, num_envs: int, device: str, iterations: int, burn_in: int, extra: Sequence[str] = ()
+) -> dict:
     """diffrl's recipe for ``iterations`` iterations; the rate over the iterations after ``burn_in``."""
     from diffrl.training.experiment import run_experiment
 
-    cfg = recipe_config(algorithm, task, num_envs, device, iterations=iterations)
+    cfg = recipe_config(algorithm, task, num_envs, device, iterations=iterations, extra=extra)
     with tempfile.TemporaryDirectory() as run_dir:
         history = run_experiment(cfg, run_dir).history[burn_in:]
     frames = num_envs * cfg.collector.steps_per_env * len(history)
@@ -165,11 +177,11 @@ def attempt(measure: Callable[[], Any], label: str) -> list[dict[str, Any]]:
     return result if isinstance(result, list) else [result]
 
 
-def run_worker(arguments: list[str], timeout: float) -> Any:
+def run_worker(arguments: list[str], timeout: float, environment: dict[str, str] | None = None) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "records.json"
         command = [sys.executable, __file__, "--worker-output", str(output), *arguments]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=environment)
         if result.returncode != 0:
             raise RuntimeError(f"worker {' '.join(arguments)} failed:\n{result.stderr[-3000:]}")
         return json.loads(output.read_text())
@@ -225,6 +237,71 @@ def _tensorboard_timings(log_root: Path) -> list[tuple[float, float]]:
     return list(zip(collection, learning, strict=True))
 
 
+# The thread settings compared on a shared CPU: the recipes' default and torch's own.
+THREAD_POLICIES: dict[str, tuple[list[str], str]] = {
+    "torch_threads=1, OMP passive (default)": (["torch_threads=1"], "PASSIVE"),
+    "torch's threads, OMP active (before)": (["torch_threads=null"], "ACTIVE"),
+}
+
+
+@contextlib.contextmanager
+def busy_core(busy: bool):
+    """A process that keeps one core busy (pure Python, no threads) for the duration, if ``busy``."""
+    if not busy:
+        yield
+        return
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def shared_cpu(args: argparse.Namespace, common: list[str]) -> list[dict[str, Any]]:
+    """The main job's frames/s alone and beside a busy core, per thread policy, in turns."""
+    samples: dict[tuple[str, bool], list[float]] = {}
+    for repeat in range(args.repeats):
+        for policy, (overrides, wait_policy) in THREAD_POLICIES.items():
+            for busy in (False, True):
+                arguments = ["--worker", "train", "--algorithm", "genpo", "--tasks", "Isaac-Cartpole"]
+                arguments += ["--num-envs", str(args.train_envs), "--iterations", str(args.iterations or 8)]
+                arguments += [f"--override={override}" for override in overrides]
+                environment = {**os.environ, "OMP_WAIT_POLICY": wait_policy}
+                environment.pop("OMP_NUM_THREADS", None)
+                with busy_core(busy):
+                    records = attempt(
+                        lambda a=arguments, e=environment: run_worker([*a, *common], args.timeout, e),
+                        f"shared CPU, {policy}, {'busy core' if busy else 'alone'}, repeat {repeat + 1}",
+                    )
+                samples.setdefault((policy, busy), []).extend(r["frames_per_s"] for r in records)
+    records = []
+    for policy in THREAD_POLICIES:
+        alone, busy = samples[(policy, False)], samples[(policy, True)]
+        if not alone or not busy:
+            continue
+        records.append(
+            {
+                "measurement": "shared_cpu",
+                "name": policy,
+                "alone_frames_per_s": statistics.median(alone),
+                "busy_frames_per_s": statistics.median(busy),
+                "ratio": statistics.median(busy) / statistics.median(alone),
+                "alone_samples": alone,
+                "busy_samples": busy,
+            }
+        )
+    return records
+
+
+def shared_cpu_table(records: Sequence[dict[str, Any]]) -> str:
+    rows = [
+        (r["name"], f"{r['alone_frames_per_s']:.0f}", f"{r['busy_frames_per_s']:.0f}", f"{r['ratio']:.2f}")
+        for r in records
+    ]
+    return format_table(rows, ("threads", "alone frames/s", "beside a busy core", "busy / alone"))
+
+
 def collection_table(records: Sequence[dict[str, Any]]) -> str:
     raw = {(r["task"], r["num_envs"]): r["frames_per_s"] for r in records if r["name"] == "isaaclab_step"}
     rows = [
@@ -273,6 +350,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="simulation and policy device")
     parser.add_argument("--threads", type=int, help="torch/OpenMP threads for every run (default: torch's choice)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per worker process")
+    parser.add_argument("--shared-cpu", action="store_true", help="the main job alone and beside a busy core")
+    parser.add_argument("--repeats", type=int, default=3, help="alternations of the --shared-cpu cases")
+    parser.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["collect", "train"], help=argparse.SUPPRESS)
     parser.add_argument("--algorithm", choices=["ppo", "genpo"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-output", help=argparse.SUPPRESS)
@@ -291,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         if args.worker == "collect":
             result: Any = collect_worker(task, envs, args.device, batches, args.burn_in)
         else:
-            result = train_worker(args.algorithm, task, envs, args.device, iterations, args.burn_in)
+            result = train_worker(args.algorithm, task, envs, args.device, iterations, args.burn_in, args.override)
         Path(args.worker_output).write_text(json.dumps(result))
         return result if isinstance(result, list) else [result]
 
@@ -299,6 +379,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print(format_machine(machine), flush=True)
     common = ["--device", args.device, "--burn-in", str(args.burn_in)]
     common += ["--threads", str(args.threads)] if args.threads is not None else []
+    if args.shared_cpu:
+        records = shared_cpu(args, common)
+        for record in records:
+            record["device"] = args.device
+        print(shared_cpu_table(records))
+        if args.json:
+            write_json(args.json, machine, records)
+        return records
     collection: list[dict[str, Any]] = []
     training: list[dict[str, Any]] = []
     for task in tasks:

@@ -44,6 +44,9 @@ fi
 
 # Warp compiles its kernels once per machine; keep them out of the temporary directory.
 export WARP_CACHE_PATH="${WARP_CACHE_PATH:-${XDG_CACHE_HOME:-$HOME/.cache}/diffrl/warp}"
+# On a CPU shared with other busy processes, OpenMP threads that spin while waiting stall the
+# training process (docs/benchmarks.md, "shared CPU"); with PASSIVE they sleep. Read when torch loads.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 # Isaac Lab accepts its EULA through this variable on kit-less (Newton) installs.
 export OMNI_KIT_ACCEPT_EULA="${OMNI_KIT_ACCEPT_EULA:-YES}"
 export PATH="$venv/bin:$PATH"

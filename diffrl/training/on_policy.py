@@ -28,6 +28,7 @@ from diffrl.envs.training_env import (
     has_episode_statistics,
     observation_normalizer,
 )
+from diffrl.numerics import NumericsMonitor
 from diffrl.training import distributed as parallel
 from diffrl.training.distributed import DistributedContext
 from diffrl.training.rollout_state import RolloutState
@@ -118,7 +119,12 @@ class OnPolicyTrainer:
         self.show_progress = progress and self.context.is_main
         self.numerics = update.numerics
         self.numerics.mode = "deferred" if check_numerics else "off"
+        if hasattr(update.actor, "numerics"):
+            # Its checks are the loop's rollout checks (observations, actions, log-probs, rewards), done
+            # after collection: nothing in the (possibly compiled) policy records or branches.
+            update.actor.numerics = NumericsMonitor("off")
         self.observation_key = update.actor.in_keys[0]
+        self._actor_outputs = list(update.actor.out_keys)
         self.observation_normalizer = observation_normalizer(env)
         self._shared_statistics = None  # the observation statistics all ranks agreed on last
         # Made here, not in train(): its first env reset must precede a checkpoint's restore.
@@ -224,11 +230,15 @@ class OnPolicyTrainer:
         return progress.history
 
     def _check_rollout(self, batch: TensorDictBase) -> None:
-        """Every reward and every observation the actor saw is finite (first index: the env)."""
-        self.numerics.require_finite(batch["next", "reward"], "reward from the env (index: env)", batch)
-        self.numerics.require_finite(
-            batch[self.observation_key], f"observation {self.observation_key!r} as the actor saw it (index: env)", batch
-        )
+        """Every observation the actor saw, every action and log-probability it wrote and every reward is
+        finite (the index in the message is the env); checked on the device, one host sync."""
+        checks = [
+            (self.observation_key, f"observation {self.observation_key!r} as the actor saw it"),
+            *((key, f"{key!r} written by the actor") for key in self._actor_outputs),
+            (("next", "reward"), "reward from the env"),
+        ]
+        for key, what in checks:
+            self.numerics.require_finite(batch[key], f"{what} (index: env)", batch)
         self.numerics.raise_if_failed()
 
     def _to_host(

@@ -156,9 +156,8 @@ class PPOUpdate(UpdateRule):
             else None
         )
         self.numerics = NumericsMonitor("deferred")
-        for module in (loss_module, self.actor):
-            if hasattr(module, "numerics"):
-                module.numerics = self.numerics
+        if hasattr(loss_module, "numerics"):
+            loss_module.numerics = self.numerics
 
     @property
     def learning_rate(self) -> torch.Tensor:

@@ -22,3 +22,11 @@ def test_user_script_runs(page, capsys):
         exec(compile(block, f"docs/{page}", "exec"), {"__name__": "__docs__"})
     printed = capsys.readouterr().out
     assert printed.count("reward/step") == 3  # one line per collected batch
+
+
+def test_training_parts_script_runs(capsys):
+    (block,) = python_blocks(DOCS / "training.md")
+    exec(compile(block, "docs/training.md", "exec"), {"__name__": "__docs__"})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["ppo", "genpo"]
+    assert all("3 iterations" in line for line in lines)

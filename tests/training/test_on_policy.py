@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchrl.envs import Transform
 
 from diffrl.envs import make_gym_env, training_env
 from diffrl.modules import GenPOActor, GenPOFlow, make_value_network
+from diffrl.numerics import NumericalError
 from diffrl.objectives import GenPOLoss
 from diffrl.training import OnPolicyTrainer, PPOUpdate
 
@@ -183,3 +185,62 @@ def test_an_incompatible_checkpoint_is_a_clear_error(tmp_path):
     latest = trainer.run_state.checkpoints.latest()
     with pytest.raises(ValueError, match=rf"(?s)cannot resume from checkpoint {latest}: .*size mismatch"):
         other.load_checkpoint(latest)
+
+
+class NaNRewardForEnv(Transform):
+    """Makes env ``index``'s reward NaN from the ``after``-th step on (a broken reward term)."""
+
+    def __init__(self, index: int, after: int) -> None:
+        super().__init__(in_keys=["reward"], out_keys=["reward"])
+        self.index, self.after, self.steps = index, after, 0
+
+    def _step(self, tensordict, next_tensordict):
+        self.steps += 1
+        if self.steps > self.after:
+            reward = next_tensordict["reward"].clone()
+            reward[self.index] = float("nan")
+            next_tensordict["reward"] = reward
+        return next_tensordict
+
+
+def test_a_nan_reward_is_named_with_its_env_before_any_update(tmp_path):
+    trainer = make_trainer(tmp_path, total_frames=4 * NUM_ENVS * STEPS)
+    trainer.env.append_transform(NaNRewardForEnv(index=2, after=STEPS + 3))  # in the second rollout
+    before = [parameter.detach().clone() for parameter in trainer.update.loss_module.parameters()]
+    with pytest.raises(
+        NumericalError, match=r"reward from the env \(index: env\) is not finite for 1 of 4 samples; first at index 2"
+    ):
+        trainer.train()
+    assert trainer.progress.iteration == 1  # the first iteration completed, the second never updated
+    checkpoint = trainer.run_state.latest()
+    assert checkpoint.name == "checkpoint-000000000001"
+    resumed = make_trainer(tmp_path, total_frames=1)
+    resumed.load_checkpoint(checkpoint)
+    after_first = list(resumed.update.loss_module.parameters())
+    assert all(torch.isfinite(parameter).all() for parameter in after_first)
+    assert any(not torch.equal(b, a) for b, a in zip(before, after_first, strict=True))
+
+
+def test_checks_off_lets_the_run_go_on(tmp_path):
+    trainer = make_trainer(tmp_path, total_frames=2 * NUM_ENVS * STEPS, check_numerics=False)
+    trainer.env.append_transform(NaNRewardForEnv(index=0, after=STEPS + 3))
+    trainer.train()  # no check: the NaN reaches the update (and the weights), as asked
+    assert trainer.progress.iteration == 2
+
+
+@pytest.mark.slow
+def test_compiled_collection_trains_and_the_compiled_policy_equals_the_eager_one(tmp_path):
+    from tensordict import TensorDict
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    trainer = make_trainer(tmp_path, total_frames=2 * NUM_ENVS * STEPS, compile_policy=True)
+    history = trainer.train()
+    assert [entry["frames"] for entry in history] == [64.0, 128.0]
+    assert all(math.isfinite(entry[key]) for entry in history for key in ("kl_approx", "loss_objective"))
+    # Inductor draws its own random numbers, so rollouts differ; the deterministic policy must not.
+    actor = trainer.update.actor
+    observation = TensorDict({"observation": torch.randn(5, actor.obs_dim)}, batch_size=[5])
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        eager = actor(observation.clone())["action"]
+        compiled = torch.compile(actor)(observation.clone())["action"]
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
