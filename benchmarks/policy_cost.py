@@ -15,11 +15,16 @@ evaluations shows as ratio / passes > 1:
   the compression term); Gaussian: 1. A backward pass costs about two forward passes, so
   ratio / passes ≈ 3 is the network limit here. TruDi's loss is not measured.
 
+``--modes`` also times ``sample`` and ``log_prob`` through ``torch.compile`` (``compile``) and
+``sample`` through a captured CUDA graph (tensordict's ``CudaGraphModule``, ``cudagraphs``, CUDA
+only); ``network`` stays the eager pass in every mode, so the ratios compare against one unit.
+
 Medians over repeats, warm-up excluded; the cases of one (policy, batch) are timed in turns so
 that their ratios hold under a varying machine load. Examples::
 
     python benchmarks/policy_cost.py                      # 256 ... 16384, 7 repeats
     python benchmarks/policy_cost.py --quick --json cost.json
+    python benchmarks/policy_cost.py --device cuda --modes eager compile cudagraphs
 """
 
 from __future__ import annotations
@@ -123,6 +128,7 @@ def measure(
     device: torch.device,
     repeats: int,
     seed: int = 0,
+    mode: str = "eager",
 ) -> list[dict[str, Any]]:
     """The records of one policy at one batch size: the network pass and every operation."""
     torch.manual_seed(seed)
@@ -139,12 +145,24 @@ def measure(
 
         return wrapped
 
+    def log_prob(data: TensorDictBase) -> torch.Tensor:
+        return case.actor.get_dist(data).log_prob(data[case.sample_key])
+
+    sampler: Callable[[TensorDictBase], object] = case.actor
+    if mode == "compile":
+        sampler, log_prob = torch.compile(case.actor), torch.compile(log_prob)
+    elif mode == "cudagraphs":
+        if device.type != "cuda":
+            raise ValueError("--modes cudagraphs needs a CUDA device")
+        from tensordict.nn import CudaGraphModule
+
+        sampler = CudaGraphModule(case.actor, warmup=3)
     calls: dict[str, Callable[[], object]] = {
         "network": no_grad(case.network),
-        "sample": no_grad(lambda: case.actor(td.clone())),
-        "log_prob": no_grad(lambda: case.actor.get_dist(stored).log_prob(stored[case.sample_key])),
+        "sample": no_grad(lambda: sampler(td.clone())),
+        "log_prob": no_grad(lambda: log_prob(stored)),
     }
-    if case.loss is not None:
+    if case.loss is not None and mode == "eager":
         calls["loss_backward"] = lambda: _loss_step(case.loss, stored)
     seconds = median_seconds(calls, device, repeats=repeats)
     passes = {"network": 1, **case.passes}
@@ -157,6 +175,7 @@ def measure(
             "ratio": seconds[operation] / seconds["network"],
             "passes": passes[operation],
             "device": str(device),
+            "mode": mode,
         }
         for operation in OPERATIONS
         if operation in seconds
@@ -167,6 +186,7 @@ def table(records: Sequence[dict[str, Any]]) -> str:
     rows = [
         (
             record["policy"],
+            record["mode"],
             record["batch"],
             record["operation"],
             f"{record['median_s'] * 1e3:.3f}",
@@ -176,7 +196,9 @@ def table(records: Sequence[dict[str, Any]]) -> str:
         )
         for record in records
     ]
-    return format_table(rows, ("policy", "batch", "operation", "median ms", "× 1 pass", "passes", "ratio/passes"))
+    return format_table(
+        rows, ("policy", "mode", "batch", "operation", "median ms", "× 1 pass", "passes", "ratio/passes")
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -199,6 +221,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--num-steps", type=int, default=5, help="GenPO's N and TruDi's K")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--modes", nargs="+", default=["eager"], choices=["eager", "compile", "cudagraphs"], help="default: eager"
+    )
     return parser.parse_args(argv)
 
 
@@ -212,8 +237,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     machine = machine_description(device)
     print(format_machine(machine))
     records: list[dict[str, Any]] = []
-    for policy in policies:
-        for batch in sizes:
+    for mode in args.modes:
+        for policy, batch in ((policy, batch) for policy in policies for batch in sizes):
             records += measure(
                 policy,
                 batch,
@@ -223,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 num_steps=args.num_steps,
                 device=device,
                 repeats=repeats,
+                mode=mode,
             )
     print(table(records))
     if args.json:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "policy_cost.py"
-FIELDS = {"policy", "batch", "operation", "median_s", "ratio", "passes", "device"}
+FIELDS = {"policy", "batch", "operation", "median_s", "ratio", "passes", "device", "mode"}
 
 
 def test_quick_json_has_the_documented_records(tmp_path):

@@ -1,0 +1,84 @@
+"""On a CUDA device: the update and the collecting policy never synchronize the host (skipped without CUDA).
+
+``torch.cuda.set_sync_debug_mode("error")`` makes every synchronizing operation (``.item()``, a
+data-dependent shape, a blocking copy to the host) raise, so these tests fail at the first sync.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from diffrl.modules import GenPOActor, GenPOFlow, make_value_network
+from diffrl.objectives import GenPOLoss
+from diffrl.training import PPOUpdate
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+ENVS, STEPS, OBS, ACT = 64, 8, 11, 3
+
+
+def rollout(actor: GenPOActor) -> TensorDict:
+    """A [envs, steps] batch with the keys GAE and the loss read, sampled by ``actor`` on the GPU."""
+    device = torch.device("cuda")
+    observation = torch.randn(ENVS, STEPS + 1, OBS, device=device)
+    with torch.no_grad():
+        batch = actor(TensorDict({"observation": observation[:, :-1]}, batch_size=[ENVS, STEPS], device=device))
+    done = torch.zeros(ENVS, STEPS, 1, dtype=torch.bool, device=device)
+    done[::7, -3] = True
+    batch["next"] = TensorDict(
+        {
+            "observation": observation[:, 1:],
+            "reward": torch.randn(ENVS, STEPS, 1, device=device),
+            "done": done,
+            "terminated": done,
+            "truncated": torch.zeros_like(done),
+        },
+        batch_size=[ENVS, STEPS],
+        device=device,
+    )
+    return batch
+
+
+def test_ppo_update_runs_without_a_host_sync():
+    torch.manual_seed(0)
+    actor = GenPOActor(GenPOFlow(ACT, OBS, hidden_sizes=[32, 32])).cuda()
+    critic = make_value_network(OBS, [32]).cuda()
+    update = PPOUpdate(GenPOLoss(actor, critic), num_epochs=2, num_minibatches=4)
+    assert update.optimizer.defaults["capturable"]
+    batch = rollout(actor)
+    update.update(batch.clone())  # warm-up: cuBLAS handles, allocator
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        metrics = update.update(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    update.numerics.raise_if_failed()
+    assert all(value.device.type == "cuda" for value in metrics.values())
+    assert torch.isfinite(torch.stack([value.float().reshape(()) for value in metrics.values()])).all()
+
+
+def test_sampling_runs_without_a_host_sync_and_captures_in_a_cuda_graph():
+    from tensordict.nn import CudaGraphModule
+
+    torch.manual_seed(0)
+    actor = GenPOActor(GenPOFlow(ACT, OBS, hidden_sizes=[32, 32]), check_finite=False).cuda()
+    observation = TensorDict({"observation": torch.randn(ENVS, OBS, device="cuda")}, batch_size=[ENVS], device="cuda")
+    actor(observation.clone())
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        actor(observation.clone())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    graphed = CudaGraphModule(actor, warmup=2)
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        expected = actor(observation.clone())["action"]
+        for _ in range(4):  # warm-up, capture, replays
+            replayed = graphed(observation.clone())["action"]
+    torch.testing.assert_close(replayed, expected)
