@@ -3,7 +3,8 @@
 For the Gaussian actor, GenPO (N flow steps) and, when its module is importable, TruDi (K
 denoising steps), at several batch sizes, on one device. Every operation is reported as a ratio to
 ONE pass of the policy's underlying network at the same batch size (Gaussian: the mean MLP;
-GenPO and TruDi: one ``VelocityNet.velocity`` call with the observation features precomputed),
+GenPO: one ``VelocityNet.velocity_in_context`` call with the observation and time features precomputed, as the flow
+makes it; TruDi: one ``VelocityNet.velocity`` call with the observation features precomputed),
 next to the number of network passes the method needs, so that any overhead beyond the network
 evaluations shows as ratio / passes > 1:
 
@@ -83,14 +84,15 @@ def gaussian_case(obs: torch.Tensor, action_dim: int, hidden_sizes: Sequence[int
 
 def genpo_case(obs: torch.Tensor, action_dim: int, hidden_sizes: Sequence[int], num_steps: int) -> PolicyCase:
     flow = GenPOFlow(action_dim, obs.shape[-1], num_steps=num_steps, hidden_sizes=hidden_sizes).to(obs.device)
-    features = flow.velocity_net.encode_observation(obs)
+    net = flow.velocity_net
+    # The pass the flow makes: the observation and time features are computed once per call.
+    context = net.encode_observation(obs) + net.encode_time(flow.time_grid[1 % num_steps])
     half = torch.randn(*obs.shape[:-1], action_dim, device=obs.device)
-    t = flow.time_grid[1 % num_steps]
     actor = GenPOActor(flow)
     # Both the forward map and its inverse evaluate the net twice per step (one coupling per half).
     passes = {"sample": 2 * num_steps, "log_prob": 2 * num_steps, "loss_backward": 4 * num_steps}
     loss = GenPOLoss(actor, None)
-    return PolicyCase(lambda: flow.velocity_net.velocity(half, features, t), actor, "latent_action", passes, loss)
+    return PolicyCase(lambda: net.velocity_in_context(half, context), actor, "latent_action", passes, loss)
 
 
 def trudi_case(obs: torch.Tensor, action_dim: int, hidden_sizes: Sequence[int], num_steps: int) -> PolicyCase:

@@ -107,27 +107,34 @@ class GenPOFlow(nn.Module):
         """F(z; s): base noise [*B, 2d] → latent action [*B, 2d]."""
         self._check(noise, obs, "noise")
         p, dt = self.mix, 1.0 / self.num_steps
-        features = self.velocity_net.encode_observation(obs)
+        velocity = self.velocity_net.velocity_in_context
         x, y = noise.chunk(2, dim=-1)
-        for t in self.time_grid.to(noise.dtype):
-            x = x + dt * self.velocity_net.velocity(y, features, t)
-            y = y + dt * self.velocity_net.velocity(x, features, t)
-            x = p * x + (1.0 - p) * y
-            y = p * y + (1.0 - p) * x
+        for context in self._contexts(obs, noise.dtype):
+            x = torch.add(x, velocity(y, context), alpha=dt)
+            y = torch.add(y, velocity(x, context), alpha=dt)
+            x = torch.lerp(y, x, p)  # p·x + (1 − p)·y
+            y = torch.lerp(x, y, p)
         return torch.cat([x, y], dim=-1)
 
     def inverse(self, latent: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         """F⁻¹(ã; s): latent action [*B, 2d] → base noise [*B, 2d], exact up to round-off."""
         self._check(latent, obs, "latent action")
         p, dt = self.mix, 1.0 / self.num_steps
-        features = self.velocity_net.encode_observation(obs)
+        velocity = self.velocity_net.velocity_in_context
         x, y = latent.chunk(2, dim=-1)
-        for t in self.time_grid.to(latent.dtype).flip(0):
-            y = (y - (1.0 - p) * x) / p
-            x = (x - (1.0 - p) * y) / p
-            y = y - dt * self.velocity_net.velocity(x, features, t)
-            x = x - dt * self.velocity_net.velocity(y, features, t)
+        for context in reversed(self._contexts(obs, latent.dtype)):
+            y = torch.add(y, x, alpha=-(1.0 - p)).div_(p)
+            x = torch.add(x, y, alpha=-(1.0 - p)).div_(p)
+            y = torch.sub(y, velocity(x, context), alpha=dt)
+            x = torch.sub(x, velocity(y, context), alpha=dt)
         return torch.cat([x, y], dim=-1)
+
+    def _contexts(self, obs: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Per flow step, the observation's plus the step time's first-layer features [*B, H]: computed
+        once per call (the N times in one batched call) and shared by the step's two couplings."""
+        features = self.velocity_net.encode_observation(obs)
+        time_features = self.velocity_net.encode_time(self.time_grid.to(dtype))
+        return [features + time_features[step] for step in range(self.num_steps)]
 
     def log_prob_of_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """log π(F(z)|s) from the base noise z that produced it, [*B, 2d] → [*B]: no inversion."""

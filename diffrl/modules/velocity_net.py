@@ -109,10 +109,18 @@ class VelocityNet(nn.Module):
         """The observation's share of the first layer, [*B, o] → [*B, hidden_sizes[0]]."""
         return self.obs_in(obs)
 
+    def encode_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The time's share of the first layer, [*T] → [*T, hidden_sizes[0]] (all flow steps in one call)."""
+        return self.time_in(self.time_embedding(t))
+
     def velocity(self, half: torch.Tensor, obs_features: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """v_θ from a precomputed :meth:`encode_observation`; ``t`` scalar or [*B]."""
-        time_features = self.time_in(self.time_embedding(t))
-        return self.trunk(self.half_in(half) + obs_features + time_features)
+        return self.velocity_in_context(half, obs_features + self.encode_time(t))
+
+    def velocity_in_context(self, half: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """v_θ from the precomputed sum of the observation and time features, [*B, hidden_sizes[0]]:
+        the two couplings of a GenPO step share it."""
+        return self.trunk(self.half_in(half) + context)
 
     def forward(self, half: torch.Tensor, obs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.velocity(half, self.encode_observation(obs), t)
