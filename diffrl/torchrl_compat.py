@@ -4,8 +4,6 @@ diffrl needs a few things TorchRL 0.14 has no public accessor for. Each is wrapp
 against the installed TorchRL by ``tests/test_torchrl_compat.py``, and is the only place to change
 when TorchRL changes them:
 
-- ``ClipPPOLoss._log_weight``: returns four values in 0.14.1 (log-weight, distribution, KL, IS
-  weight) and three on TorchRL's main branch; only the first two are used;
 - ``ClipPPOLoss._clip_bounds``, ``_has_critic`` and ``_maybe_normalize_advantage``;
 - ``Collector._carrier``: the next step's input (observation, running episode return and length),
   which a resumed run must restore;
@@ -18,18 +16,9 @@ from __future__ import annotations
 
 import torch
 from tensordict import TensorDictBase
-from torch.distributions import Distribution
 from torchrl.collectors import Collector
 from torchrl.envs import VecNormV2
 from torchrl.objectives import ClipPPOLoss
-
-
-def ppo_log_weight(
-    loss: ClipPPOLoss, tensordict: TensorDictBase, adv_shape: torch.Size
-) -> tuple[torch.Tensor, Distribution]:
-    """log π_θ(a|s) − log π_old(a|s) [*B, 1] of the stored samples, and the current distribution."""
-    log_weight, dist, *_ = loss._log_weight(tensordict, adv_shape=adv_shape)
-    return log_weight, dist
 
 
 def ppo_clip_bounds(loss: ClipPPOLoss) -> tuple[float, float]:

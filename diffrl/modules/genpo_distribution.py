@@ -65,6 +65,21 @@ class GenPODistribution(Distribution):
     def rsample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
         return self._push_forward(self._noise(sample_shape))
 
+    def log_prob_and_rsample(
+        self, value: torch.Tensor, sample_rows: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`log_prob` of ``value`` [B, 2d] and :meth:`rsample_and_log_prob` at the first ``sample_rows``
+        observations (all by default), in one batched flow pass (:meth:`GenPOFlow.inverse_and_forward`).
+
+        Returns log π(value) [B], the fresh latents [R, 2d] and their log π [R]; one batch dimension.
+        """
+        rows = self.batch_shape[0] if sample_rows is None else sample_rows
+        if len(self.batch_shape) != 1 or not 1 <= rows <= self.batch_shape[0]:
+            raise ValueError(f"need one batch dimension and 1 <= sample_rows <= {self.batch_shape}, got {rows}")
+        noise = self._noise(torch.Size())[:rows]
+        base, fresh = self.flow.inverse_and_forward(value, self.observation, noise, self.observation[:rows])
+        return self.flow.log_prob_of_noise(base), fresh, self.flow.log_prob_of_noise(noise)
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Exact log π(ã | s) by inversion, [*S, *B, 2d] → [*S, *B]."""
         observation = self.observation.expand(*value.shape[:-1], self.observation.shape[-1])

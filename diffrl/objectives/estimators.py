@@ -27,19 +27,27 @@ from __future__ import annotations
 import torch
 
 
-def kl_k1(log_ratio: torch.Tensor) -> torch.Tensor:
-    """Unbiased, high-variance KL(π_old || π_θ) estimate: mean of −log_ratio."""
-    return (-log_ratio).mean()
+def _mean(values: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """The mean over all entries, or over those where ``keep`` is true (no data-dependent shapes: no host sync)."""
+    if keep is None:
+        return values.mean()
+    keep = keep.to(values.dtype)
+    return (values * keep).sum() / keep.sum()
 
 
-def kl_k2(log_ratio: torch.Tensor) -> torch.Tensor:
+def kl_k1(log_ratio: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Unbiased, high-variance KL(π_old || π_θ) estimate: mean of −log_ratio (over ``keep``, if given)."""
+    return _mean(-log_ratio, keep)
+
+
+def kl_k2(log_ratio: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Low-variance, biased KL estimate: mean of ½·log_ratio² (≥ 0)."""
-    return 0.5 * log_ratio.pow(2).mean()
+    return 0.5 * _mean(log_ratio.pow(2), keep)
 
 
-def kl_k3(log_ratio: torch.Tensor) -> torch.Tensor:
+def kl_k3(log_ratio: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Unbiased, low-variance KL(π_old || π_θ) estimate: mean of (r − 1) − log r (≥ 0)."""
-    return torch.expm1(log_ratio).sub(log_ratio).mean()
+    return _mean(torch.expm1(log_ratio).sub(log_ratio), keep)
 
 
 def entropy_estimate(log_prob_of_fresh_samples: torch.Tensor) -> torch.Tensor:
@@ -47,11 +55,23 @@ def entropy_estimate(log_prob_of_fresh_samples: torch.Tensor) -> torch.Tensor:
     return -log_prob_of_fresh_samples.mean()
 
 
-def effective_sample_size(log_ratio: torch.Tensor) -> torch.Tensor:
-    """Normalized effective sample size (Σw)² / (n·Σw²) ∈ (0, 1] of the importance weights.
+def effective_sample_size(log_ratio: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalized effective sample size (Σw)² / (n·Σw²) ∈ (0, 1] of the importance weights (over ``keep``).
 
     1 means the current and behaviour policies agree on the batch; small values mean a few
     samples dominate the surrogate. Computed in log space so large ratios do not overflow.
     """
     log_w = log_ratio.flatten()
-    return torch.exp(2.0 * torch.logsumexp(log_w, 0) - torch.logsumexp(2.0 * log_w, 0)) / log_w.numel()
+    count = torch.tensor(log_w.numel(), dtype=log_w.dtype, device=log_w.device)
+    if keep is not None:
+        keep = keep.flatten()
+        log_w = log_w.masked_fill(~keep, -torch.inf)
+        count = keep.sum().to(log_w.dtype)
+    return torch.exp(2.0 * torch.logsumexp(log_w, 0) - torch.logsumexp(2.0 * log_w, 0)) / count
+
+
+def max_ratio(log_ratio: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The largest importance ratio (over ``keep``)."""
+    if keep is not None:
+        log_ratio = log_ratio.masked_fill(~keep, -torch.inf)
+    return log_ratio.max().exp()

@@ -81,6 +81,7 @@ class ExactRatioPPOLoss(ClipPPOLoss):
         )
         self.max_abs_log_ratio = max_abs_log_ratio
         self.max_outlier_fraction = max_outlier_fraction
+        self.has_entropy_term = entropy_coeff > 0  # a Python bool: reading the buffer would sync the host
         self.numerics = NumericsMonitor()
 
     def _policy_out_keys(self) -> list[str]:
@@ -91,7 +92,7 @@ class ExactRatioPPOLoss(ClipPPOLoss):
         if self._out_keys is not None:
             return self._out_keys
         keys = self._policy_out_keys()
-        if float(self.entropy_coeff) > 0:
+        if self.has_entropy_term:
             keys.append("loss_entropy")
         if ppo_has_critic(self):
             keys += ["loss_critic", "explained_variance"]
@@ -159,7 +160,7 @@ class ExactRatioPPOLoss(ClipPPOLoss):
     def _add_entropy_and_critic(
         self, out: TensorDictBase, entropy: torch.Tensor, tensordict: TensorDictBase
     ) -> TensorDictBase:
-        if float(self.entropy_coeff) > 0:
+        if self.has_entropy_term:
             out["loss_entropy"] = -self.entropy_coeff * entropy
         if ppo_has_critic(self):
             loss_critic, value_clip_fraction, explained_variance = self.loss_critic(tensordict)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
 
 from diffrl.modules.genpo_actor import GenPOActor
-from diffrl.objectives.estimators import effective_sample_size, entropy_estimate, kl_k1, kl_k3
+from diffrl.objectives.estimators import effective_sample_size, entropy_estimate, kl_k1, kl_k3, max_ratio
 from diffrl.objectives.exact_ratio_ppo import ExactRatioPPOLoss
-from diffrl.torchrl_compat import ppo_log_weight
 
 
 class GenPOLoss(ExactRatioPPOLoss):
@@ -22,7 +23,10 @@ class GenPOLoss(ExactRatioPPOLoss):
         L = L^{clip}(θ) + c_v L^{V}(φ) + ν\,E_{z}\lVert x_N - y_N\rVert - c_H \hat H
 
     where the compression term and the entropy estimate Ĥ = −log π_θ use one fresh
-    reparameterized sample per state (one forward pass of the flow). In the doubled space
+    reparameterized sample per state (of the first ``compression_batch_fraction`` of the
+    minibatch's states, which the trainer shuffles). The inversion of the stored latents and the
+    fresh forward pass run as one stacked flow pass (:meth:`GenPOFlow.inverse_and_forward`: 2N
+    velocity calls, not 4N). In the doubled space
     Ĥ's expectation is the constant d(1 + log 2π) + 2·N·d·log p, so the entropy bonus has no
     gradient; it is kept for reporting and for parity with other losses (see docs/genpo.md).
 
@@ -51,6 +55,8 @@ class GenPOLoss(ExactRatioPPOLoss):
             left out of the surrogate and counted in ``ratio_outlier_fraction``; more such samples
             than the second fraction, or a non-finite log-ratio, raise a ``NumericalError``
             (see :class:`~diffrl.objectives.exact_ratio_ppo.ExactRatioPPOLoss`).
+        compression_batch_fraction: the share of the minibatch's states that get a fresh sample for
+            the compression and entropy terms (1: all, GenPO's; smaller is cheaper, noisier).
 
     Example:
         >>> import torch
@@ -83,9 +89,12 @@ class GenPOLoss(ExactRatioPPOLoss):
         normalize_advantage: bool = False,
         max_abs_log_ratio: float = 20.0,
         max_outlier_fraction: float = 0.05,
+        compression_batch_fraction: float = 1.0,
     ) -> None:
         if compression_coeff < 0:
             raise ValueError(f"compression_coeff must be >= 0, got {compression_coeff}")
+        if not 0 < compression_batch_fraction <= 1:
+            raise ValueError(f"compression_batch_fraction must lie in (0, 1], got {compression_batch_fraction}")
         super().__init__(
             actor_network,
             critic_network,
@@ -99,6 +108,7 @@ class GenPOLoss(ExactRatioPPOLoss):
             max_outlier_fraction=max_outlier_fraction,
         )
         self.register_coeff_buffer("compression_coeff", compression_coeff, device=None)
+        self.compression_batch_fraction = compression_batch_fraction
 
     def _policy_out_keys(self) -> list[str]:
         keys = ["loss_objective", "loss_compression", "kl_approx", "kl_k3", "clip_fraction", "ESS", "max_ratio"]
@@ -107,18 +117,25 @@ class GenPOLoss(ExactRatioPPOLoss):
         return keys
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        tensordict = tensordict.clone(False)
+        tensordict = tensordict.clone(False).reshape(-1)  # every term is a mean over samples
         advantage = self._advantage(tensordict)
+        stored_latent = tensordict.get(self.tensor_keys.action)
+        old_log_prob = tensordict.get(self.tensor_keys.sample_log_prob)
+        if stored_latent.requires_grad or old_log_prob.requires_grad:
+            raise RuntimeError("the stored latent action and its log-prob must not require grad")
 
-        # log_weight = log π_θ − log π_old, [*B, 1]: one inversion of the flow.
-        log_weight, dist = ppo_log_weight(self, tensordict, adv_shape=advantage.shape[:-1])
+        # log π_θ of the stored latents (one inversion) and the fresh reparameterized samples of the
+        # compression and entropy terms (one forward pass), stacked into one flow pass.
+        dist = self.actor_network.get_dist(tensordict)
+        fresh_rows = max(1, math.ceil(self.compression_batch_fraction * tensordict.shape[0]))
+        log_prob, fresh_latent, fresh_log_prob = dist.log_prob_and_rsample(stored_latent, fresh_rows)
+        log_weight = (log_prob - old_log_prob).unsqueeze(-1)  # log π_θ − log π_old, [B, 1]
         surrogate, clip_fraction, outlier, outlier_fraction = self._surrogate(
             log_weight, advantage, tensordict, "GenPO log-ratio log π_θ − log π_old"
         )
-        log_ratio = log_weight.detach()[~outlier]  # the KL and ESS estimates of the samples in use
+        log_ratio, keep = log_weight.detach(), ~outlier  # the KL and ESS estimates of the samples in use
 
-        latent, fresh_log_prob = dist.rsample_and_log_prob()
-        x, y = latent.chunk(2, dim=-1)
+        x, y = fresh_latent.chunk(2, dim=-1)
         compression_distance = (x - y).norm(dim=-1).mean()
         entropy = entropy_estimate(fresh_log_prob)
 
@@ -126,12 +143,12 @@ class GenPOLoss(ExactRatioPPOLoss):
             {
                 "loss_objective": -surrogate.mean(),
                 "loss_compression": self.compression_coeff * compression_distance,
-                "kl_approx": kl_k1(log_ratio),
-                "kl_k3": kl_k3(log_ratio),
+                "kl_approx": kl_k1(log_ratio, keep),
+                "kl_k3": kl_k3(log_ratio, keep),
                 "clip_fraction": clip_fraction,
                 "ratio_outlier_fraction": outlier_fraction,
-                "ESS": effective_sample_size(log_ratio),
-                "max_ratio": log_ratio.max().exp(),
+                "ESS": effective_sample_size(log_ratio, keep),
+                "max_ratio": max_ratio(log_ratio, keep),
                 "entropy": entropy.detach(),
                 "compression_distance": compression_distance.detach(),
             }

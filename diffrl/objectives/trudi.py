@@ -15,7 +15,7 @@ from tensordict.utils import NestedKey
 
 from diffrl.modules.denoising_chain import gaussian_chain_log_prob
 from diffrl.modules.trudi_actor import TruDiActor
-from diffrl.objectives.estimators import effective_sample_size, kl_k1, kl_k3
+from diffrl.objectives.estimators import effective_sample_size, kl_k1, kl_k3, max_ratio
 from diffrl.objectives.exact_ratio_ppo import ExactRatioPPOLoss
 from diffrl.objectives.trust_region import diagonal_gaussian_kl, project_gaussian, project_mean
 
@@ -189,7 +189,7 @@ class TruDiLoss(ExactRatioPPOLoss):
         surrogate, clip_fraction, outlier, outlier_fraction = self._surrogate(
             log_weight, advantage, tensordict, "TruDi log-ratio log p̃ − log p_old", clip=self.clip_ratio
         )
-        log_ratio = log_weight.detach()[~outlier]  # the KL and ESS estimates of the samples in use
+        log_ratio, keep = log_weight.detach(), ~outlier  # the KL and ESS estimates of the samples in use
 
         regression_kl = diagonal_gaussian_kl(mean, std, projected_mean.detach(), projected_std.detach()).sum(-1)
         with torch.no_grad():
@@ -202,15 +202,15 @@ class TruDiLoss(ExactRatioPPOLoss):
             {
                 "loss_objective": -surrogate.mean(),
                 "loss_trust_region": self.regression_coeff * regression_kl.mean(),
-                "kl_approx": kl_k1(log_ratio),
-                "kl_k3": kl_k3(log_ratio),
+                "kl_approx": kl_k1(log_ratio, keep),
+                "kl_k3": kl_k3(log_ratio, keep),
                 "chain_kl": chain_kl.mean(),
                 "chain_kl_projected": projected_kl.mean(),
                 "projected_fraction": (chain_kl > self.trust_region_kl).float().mean(),
                 "clip_fraction": clip_fraction,
                 "ratio_outlier_fraction": outlier_fraction,
-                "ESS": effective_sample_size(log_ratio),
-                "max_ratio": log_ratio.max().exp(),
+                "ESS": effective_sample_size(log_ratio, keep),
+                "max_ratio": max_ratio(log_ratio, keep),
                 "entropy": entropy.detach(),
                 "denoised_clip_fraction": step_means.clipped.float().mean(),
             }

@@ -6,7 +6,14 @@ import math
 
 import torch
 
-from diffrl.objectives.estimators import effective_sample_size, entropy_estimate, kl_k1, kl_k2, kl_k3
+from diffrl.objectives.estimators import (
+    effective_sample_size,
+    entropy_estimate,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    max_ratio,
+)
 
 
 def gaussian_log_ratio(n: int, seed: int) -> tuple[torch.Tensor, float]:
@@ -52,3 +59,12 @@ def test_effective_sample_size_hand_computed():
     assert abs(effective_sample_size(weights.log()).item() - 64 / 88) < 1e-6
     # e^{2·500} overflows float64: the log-space form stays exact
     assert abs(effective_sample_size(weights.log() + 500.0).item() - 64 / 88) < 1e-12
+
+
+def test_masked_estimators_equal_the_estimators_of_the_kept_samples():
+    generator = torch.Generator().manual_seed(5)
+    log_ratio = torch.randn(40, 1, generator=generator, dtype=torch.float64) * 0.3
+    keep = torch.rand(40, 1, generator=generator) > 0.3
+    kept = log_ratio[keep]
+    for estimator in (kl_k1, kl_k2, kl_k3, effective_sample_size, max_ratio):
+        torch.testing.assert_close(estimator(log_ratio, keep), estimator(kept), rtol=1e-12, atol=1e-12)

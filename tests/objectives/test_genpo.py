@@ -217,3 +217,21 @@ def test_a_single_far_outlier_is_left_out_of_the_surrogate_and_counted():
     assert abs(out["kl_approx"].item()) < 1e-12  # the estimates use the samples in the surrogate
     out["loss_objective"].backward()
     assert all(torch.isfinite(p.grad).all() for p in actor.parameters() if p.grad is not None)
+
+
+def test_compression_on_a_sub_batch_uses_the_first_states_with_the_same_noise():
+    """With compression_batch_fraction = 0.25 the fresh samples are F(z[:R]; s[:R]), R = ⌈B/4⌉."""
+    actor, _, loss = build(compression_batch_fraction=0.25)
+    batch = rollout_batch(actor)
+    torch.manual_seed(7)
+    out = loss(batch)
+    rows = math.ceil(BATCH / 4)
+    torch.manual_seed(7)
+    noise = torch.randn(BATCH, 2 * D, dtype=torch.float64)[:rows]
+    fresh = actor.flow(noise, batch["observation"][:rows])
+    distance = (fresh[:, :D] - fresh[:, D:]).norm(dim=-1).mean()
+    torch.testing.assert_close(out["compression_distance"], distance, rtol=0, atol=1e-10)
+    full = build(compression_batch_fraction=1.0)[2]
+    torch.testing.assert_close(full(batch)["loss_objective"], out["loss_objective"], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="compression_batch_fraction"):
+        build(compression_batch_fraction=0.0)
