@@ -98,6 +98,7 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
     from torchrl.collectors import Collector
 
     from diffrl.envs.isaaclab import make_isaaclab_env
+    from diffrl.numerics import NumericsMonitor
     from diffrl.training.experiment import actor_dimensions
 
     env = make_isaaclab_env(task, num_envs, device=device, seed=0, assets="offline")
@@ -121,6 +122,8 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
         for algorithm, name in (("ppo", "gaussian"), ("genpo", "genpo")):
             actor_cfg = recipe_config(algorithm, task, num_envs, device).algorithm.actor
             policies[name] = instantiate(actor_cfg, **actor_dimensions(actor_cfg, obs_dim, action_dim)).to(device)
+            if hasattr(policies[name], "numerics"):  # as in the trainer, which checks whole rollouts instead
+                policies[name].numerics = NumericsMonitor("off")
         for name, policy in policies.items():
             collector = Collector(
                 env, policy, frames_per_batch=frames_per_batch, total_frames=-1, auto_register_policy_transforms=False
@@ -336,6 +339,58 @@ def training_table(records: Sequence[dict[str, Any]]) -> str:
     return format_table(rows, ("task", "envs", "trainer", "frames/s", "× rsl_rl", "collect s/iter", "update s/iter"))
 
 
+def measure_round(
+    args: argparse.Namespace,
+    tasks: Sequence[str],
+    num_envs: Sequence[int],
+    batches: int,
+    iterations: int,
+    common: list[str],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One measurement of every collection and training case."""
+    collection: list[dict[str, Any]] = []
+    training: list[dict[str, Any]] = []
+    for task in tasks:
+        for envs in num_envs:
+            arguments = ["--worker", "collect", "--tasks", task, "--num-envs", str(envs), "--batches", str(batches)]
+            collection += attempt(
+                lambda arguments=arguments: run_worker([*arguments, *common], args.timeout),
+                f"collection, {task}, {envs} envs",
+            )
+        if args.skip_training:
+            continue
+        for algorithm in ("ppo", "genpo"):
+            arguments = ["--worker", "train", "--algorithm", algorithm, "--tasks", task]
+            arguments += ["--num-envs", str(args.train_envs), "--iterations", str(iterations)]
+            training += attempt(
+                lambda arguments=arguments: run_worker([*arguments, *common], args.timeout),
+                f"training, diffrl {algorithm}, {task}",
+            )
+        # Isaac Lab ships a TorchRL runner configuration for Cartpole only.
+        libraries = ("rsl_rl", "torchrl") if task == "Isaac-Cartpole" else ("rsl_rl",)
+        for library in libraries:
+            training += attempt(
+                lambda task=task, library=library: isaaclab_cli_training(
+                    library, task, args.train_envs, args.device, iterations, args.burn_in, args.timeout
+                ),
+                f"training, Isaac Lab {library} ppo, {task}",
+            )
+    return collection, training
+
+
+def median_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per case (measurement, task, envs, name): the median rate over repeats, samples kept."""
+    cases: dict[tuple, list[dict[str, Any]]] = {}
+    for record in records:
+        cases.setdefault((record["measurement"], record["task"], record["num_envs"], record["name"]), []).append(record)
+    merged = []
+    for group in cases.values():
+        rates = [record["frames_per_s"] for record in group]
+        middle = sorted(group, key=lambda record: record["frames_per_s"])[len(group) // 2]
+        merged.append({**middle, "frames_per_s": statistics.median(rates), "frames_per_s_samples": rates})
+    return merged
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Isaac-Cartpole at 256 envs, fewer iterations")
@@ -351,7 +406,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch/OpenMP threads for every run (default: torch's choice)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per worker process")
     parser.add_argument("--shared-cpu", action="store_true", help="the main job alone and beside a busy core")
-    parser.add_argument("--repeats", type=int, default=3, help="alternations of the --shared-cpu cases")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of all cases, in turns (medians reported)")
     parser.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["collect", "train"], help=argparse.SUPPRESS)
     parser.add_argument("--algorithm", choices=["ppo", "genpo"], help=argparse.SUPPRESS)
@@ -389,31 +444,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         return records
     collection: list[dict[str, Any]] = []
     training: list[dict[str, Any]] = []
-    for task in tasks:
-        for envs in num_envs:
-            arguments = ["--worker", "collect", "--tasks", task, "--num-envs", str(envs), "--batches", str(batches)]
-            collection += attempt(
-                lambda arguments=arguments: run_worker([*arguments, *common], args.timeout),
-                f"collection, {task}, {envs} envs",
-            )
-        if args.skip_training:
-            continue
-        for algorithm in ("ppo", "genpo"):
-            arguments = ["--worker", "train", "--algorithm", algorithm, "--tasks", task]
-            arguments += ["--num-envs", str(args.train_envs), "--iterations", str(iterations)]
-            training += attempt(
-                lambda arguments=arguments: run_worker([*arguments, *common], args.timeout),
-                f"training, diffrl {algorithm}, {task}",
-            )
-        # Isaac Lab ships a TorchRL runner configuration for Cartpole only.
-        libraries = ("rsl_rl", "torchrl") if task == "Isaac-Cartpole" else ("rsl_rl",)
-        for library in libraries:
-            training += attempt(
-                lambda task=task, library=library: isaaclab_cli_training(
-                    library, task, args.train_envs, args.device, iterations, args.burn_in, args.timeout
-                ),
-                f"training, Isaac Lab {library} ppo, {task}",
-            )
+    for repeat in range(args.repeats):  # every case once per repeat, in turns: load changes hit all alike
+        round_collection, round_training = measure_round(args, tasks, num_envs, batches, iterations, common)
+        for record in round_collection + round_training:
+            record["repeat"] = repeat
+        collection += round_collection
+        training += round_training
+    collection, training = median_records(collection), median_records(training)
     if collection:
         print(collection_table(collection))
     if training:
