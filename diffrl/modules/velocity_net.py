@@ -16,8 +16,34 @@ from torch import nn
 
 Activation = Literal["mish", "elu", "relu", "tanh", "silu", "gelu"]
 
+
+class Mish(nn.Module):
+    """mish(x) = x·tanh(softplus(x)) (Misra, arXiv 1908.08681), GenPO's activation, by an exact rewrite.
+
+    With n = eˣ(eˣ + 2), tanh(log(1 + eˣ)) = n / (n + 2), so mish(x) = x·n/(n + 2): one exponential
+    instead of softplus's and tanh's. The exponent is capped at 20, where n/(n + 2) = 1 − 9e-18: large
+    inputs neither overflow nor lose their unit slope. Values and gradients equal
+    ``torch.nn.functional.mish``'s up to round-off (``tests/modules/test_velocity_net.py``).
+
+    Why not ``nn.Mish``: on the CPU build of torch 2.11 its kernel took 0.44 ms forward and 1.0 ms
+    forward + backward for a [2048, 64] tensor on one thread, this form 0.24 / 0.74 ms, and under
+    ``torch.compile`` (which keeps ``nn.Mish`` as an opaque kernel, 0.46 / 1.09 ms) 0.09 / 0.23 ms;
+    mish was 40 % of GenPO's update time on Isaac-Cartpole (docs/benchmarks.md).
+
+    Example:
+        >>> x = torch.linspace(-30, 30, 7, dtype=torch.float64)
+        >>> torch.allclose(Mish()(x), torch.nn.functional.mish(x))
+        True
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        exp = torch.exp(x.clamp(max=20.0))
+        n = exp * (exp + 2.0)
+        return x * n / (n + 2.0)
+
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "mish": nn.Mish,
+    "mish": Mish,
     "elu": nn.ELU,
     "relu": nn.ReLU,
     "tanh": nn.Tanh,

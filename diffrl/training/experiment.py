@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import EnvBase
 
 from diffrl.envs.training_env import make_env, observation_normalizer, training_env
+from diffrl.training.compilation import compile_networks
 from diffrl.training.distributed import DistributedContext, broadcast_object, init_distributed
 from diffrl.training.learning_curve import plot_learning_curve
 from diffrl.training.on_policy import OnPolicyTrainer
@@ -113,6 +114,8 @@ def _train(
     ).to(env.device)
     critic = instantiate(cfg.algorithm.critic, obs_dim=obs_dim, observation_key=observation_key).to(env.device)
     loss_module = instantiate(cfg.algorithm.loss, actor_network=actor, critic_network=critic)
+    if cfg.compile:
+        logger.info("compiled %d networks (torch.compile, dynamic batch)", compile_networks(loss_module))
     # Partial: Hydra would turn the DistributedContext dataclass into a config node.
     update = instantiate(cfg.trainer, _partial_=True)(loss_module=loss_module, distributed=context)
     layout = RunDirectory(run_dir)
@@ -127,7 +130,6 @@ def _train(
         progress=cfg.logger.progress,
         distributed=context,
         check_numerics=cfg.check_numerics,
-        compile_policy=cfg.compile,
         cudagraph_policy=cfg.cudagraphs,
     )
     if resume is not None:

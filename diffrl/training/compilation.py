@@ -1,0 +1,32 @@
+"""``torch.compile`` where the time goes: the networks' MLP trunks, shared by collection and the update.
+
+Compiling whole losses or actors meets TensorDict plumbing, Python-side checks and data-dependent
+control flow (graph breaks, recompiles); the networks are pure tensor functions that every sample,
+inversion and backward pass runs through, so compiling them gives the fusion (Inductor turns
+:class:`~diffrl.modules.velocity_net.Mish`'s elementwise chain into one vectorized loop) without
+touching the rest. Batch sizes vary (a rollout step, a minibatch, the stacked inversion + sample),
+so the compiled graphs are dynamic in the batch dimension.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchrl.modules import MLP
+
+from diffrl.modules.velocity_net import VelocityNet
+
+
+def compile_networks(module: nn.Module) -> int:
+    """Compile, in place, every velocity-net trunk and TorchRL ``MLP`` inside ``module``; returns how many.
+
+    Example:
+        >>> from diffrl.modules import GenPOActor, GenPOFlow, make_value_network
+        >>> actor, critic = GenPOActor(GenPOFlow(2, 3, hidden_sizes=[8])), make_value_network(3, [8])
+        >>> compile_networks(actor), compile_networks(critic)
+        (1, 1)
+    """
+    targets = [m.trunk for m in module.modules() if isinstance(m, VelocityNet)]
+    targets += [m for m in module.modules() if isinstance(m, MLP)]
+    for target in targets:
+        target.compile(dynamic=True)
+    return len(targets)
