@@ -4,8 +4,9 @@ Collection (per task and number of envs, in one worker process each, since Isaac
 simulation per process):
 
 - ``isaaclab_step``: Isaac Lab's own ``env.step`` with random actions, no TorchRL: the limit;
-- ``random``: TorchRL's ``Collector`` with random actions (adds the wrapper and collector);
-- ``gaussian`` and ``genpo``: the ``Collector`` with the recipes' actors (the networks of
+- ``random``: TorchRL's ``Collector`` with random actions, on the training env (the wrapper, the
+  episode-statistics transforms and the collector, as ``OnPolicyTrainer`` builds them);
+- ``gaussian`` and ``genpo``: the same with the recipes' actors (the networks of
   ``recipes/config/ppo_isaaclab.yaml`` and ``genpo_isaaclab.yaml`` for that task).
 
 Training (one worker per trainer): diffrl's PPO and GenPO through the recipes' own
@@ -16,6 +17,8 @@ Cartpole (the one task Isaac Lab configures it for), Isaac Lab's own TorchRL PPO
 (``--rl_library torchrl``, its TensorBoard ``Perf/*_time``), on the same
 task, envs, rollout length and network sizes. The first ``--burn-in`` iterations (or collector
 batches) are excluded. All runs use diffrl's offline stand-in assets.
+
+``--compiled`` adds diffrl's GenPO with ``compile=true`` (its compilation falls in the burn-in).
 
 Shared CPU (``--shared-cpu``): the main job (the GenPO recipe's defaults: Isaac-Cartpole, 256 envs)
 alone and beside one busy core (a process spinning in a Python loop), each with the recipes' thread
@@ -97,6 +100,7 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
     from hydra.utils import instantiate
     from torchrl.collectors import Collector
 
+    from diffrl.envs import training_env
     from diffrl.envs.isaaclab import make_isaaclab_env
     from diffrl.numerics import NumericsMonitor
     from diffrl.training.experiment import actor_dimensions
@@ -118,6 +122,7 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
 
         obs_dim = env.observation_spec["observation"].shape[-1]
         action_dim = action_shape[-1]
+        training = training_env(env, normalize_observations=False)
         policies: dict[str, Any] = {"random": None}
         for algorithm, name in (("ppo", "gaussian"), ("genpo", "genpo")):
             actor_cfg = recipe_config(algorithm, task, num_envs, device).algorithm.actor
@@ -125,8 +130,13 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
             if hasattr(policies[name], "numerics"):  # as in the trainer, which checks whole rollouts instead
                 policies[name].numerics = NumericsMonitor("off")
         for name, policy in policies.items():
-            collector = Collector(
-                env, policy, frames_per_batch=frames_per_batch, total_frames=-1, auto_register_policy_transforms=False
+            collector = Collector(  # as OnPolicyTrainer builds it, on its training env
+                training,
+                policy,
+                frames_per_batch=frames_per_batch,
+                total_frames=-1,
+                auto_register_policy_transforms=False,
+                track_traj_ids=False,
             )
             try:
                 iterator = iter(collector)
@@ -159,7 +169,7 @@ def train_worker(
         "measurement": "training",
         "task": task,
         "num_envs": num_envs,
-        "name": f"diffrl_{algorithm}",
+        "name": f"diffrl_{algorithm}" + ("_compiled" if "compile=true" in extra else ""),
         **_rate(frames, collection + update),
         "collection_s_per_iteration": collection / len(history),
         "update_s_per_iteration": update / len(history),
@@ -359,12 +369,13 @@ def measure_round(
             )
         if args.skip_training:
             continue
-        for algorithm in ("ppo", "genpo"):
-            arguments = ["--worker", "train", "--algorithm", algorithm, "--tasks", task]
+        cases = [("ppo", []), ("genpo", [])] + ([("genpo", ["--override=compile=true"])] if args.compiled else [])
+        for algorithm, extra in cases:
+            arguments = ["--worker", "train", "--algorithm", algorithm, "--tasks", task, *extra]
             arguments += ["--num-envs", str(args.train_envs), "--iterations", str(iterations)]
             training += attempt(
                 lambda arguments=arguments: run_worker([*arguments, *common], args.timeout),
-                f"training, diffrl {algorithm}, {task}",
+                f"training, diffrl {algorithm}{' compiled' if extra else ''}, {task}",
             )
         # Isaac Lab ships a TorchRL runner configuration for Cartpole only.
         libraries = ("rsl_rl", "torchrl") if task == "Isaac-Cartpole" else ("rsl_rl",)
@@ -406,6 +417,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch/OpenMP threads for every run (default: torch's choice)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per worker process")
     parser.add_argument("--shared-cpu", action="store_true", help="the main job alone and beside a busy core")
+    parser.add_argument("--compiled", action="store_true", help="also diffrl GenPO with compile=true")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of all cases, in turns (medians reported)")
     parser.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["collect", "train"], help=argparse.SUPPRESS)

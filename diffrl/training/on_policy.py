@@ -134,6 +134,8 @@ class OnPolicyTrainer:
             frames_per_batch=self.frames_per_batch,
             total_frames=-1,
             auto_register_policy_transforms=False,
+            # Trajectory ids are unused here, and updating them tests done.any() on the host every step.
+            track_traj_ids=False,
             compile_policy=compile_policy or None,
             cudagraph_policy=cudagraph_policy or None,
         )
