@@ -10,13 +10,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from tensordict import TensorDictBase
 from tensordict.nn import AddStateIndependentNormalScale, TensorDictModule
 from tensordict.utils import NestedKey
 from torch import nn
-from torchrl.envs.utils import ExplorationType
+from torchrl.envs.utils import ExplorationType, exploration_type
 from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor
 
 from diffrl.modules.velocity_net import Activation, activation_class
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class GaussianActor(ProbabilisticActor):
@@ -84,6 +87,25 @@ class GaussianActor(ProbabilisticActor):
             default_interaction_type=ExplorationType.RANDOM,
         )
         self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.observation_key = observation_key
+
+    def forward(self, tensordict: TensorDictBase, *args: Any, **kwargs: Any) -> TensorDictBase:
+        """Sample as TorchRL's ``ProbabilisticActor`` does, in closed form.
+
+        The same keys and values as the parent's forward (``loc``, ``scale``, ``action`` and the
+        summed ``action_log_prob``; the mean under a deterministic exploration type), without building
+        a distribution object per call: that machinery cost ≈ 2 ms per step at 256 envs on a CPU,
+        more than the MLP. The losses still evaluate log-likelihoods through :meth:`get_dist`.
+        """
+        loc, scale = self.module[0].module(tensordict.get(self.observation_key))
+        if exploration_type() in (ExplorationType.DETERMINISTIC, ExplorationType.MODE, ExplorationType.MEAN):
+            action = loc
+        else:
+            action = torch.addcmul(loc, scale, torch.randn_like(loc))
+        standardized = (action - loc) / scale
+        log_prob = -(0.5 * standardized.pow(2) + scale.log() + _HALF_LOG_2PI).sum(-1)
+        tensordict.update({"loc": loc, "scale": scale, "action": action, "action_log_prob": log_prob})
+        return tensordict
 
     @property
     def noise_dim(self) -> int:

@@ -93,3 +93,19 @@ def test_clip_ppo_loss_runs_and_trains_every_parameter():
     assert all(out[key].shape == () for key in out.keys() if key.startswith("loss_"))
     sum(value for key, value in out.items() if key.startswith("loss_")).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in loss.parameters() if p.requires_grad)
+
+
+def test_closed_form_sampling_matches_torchrls_distribution_path():
+    """The lean forward writes what ProbabilisticActor's generic path writes, log-prob included."""
+    torch.manual_seed(0)
+    actor = GaussianActor(action_dim=3, obs_dim=5, hidden_sizes=[16], init_std=0.7).double()
+    td = actor(TensorDict({"observation": torch.randn(64, 5, dtype=torch.float64)}, batch_size=[64]))
+    dist = actor.get_dist(td)
+    torch.testing.assert_close(td["action_log_prob"], dist.log_prob(td["action"]), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(td["loc"], dist.mean, rtol=0, atol=0)
+    standardized = (td["action"] - td["loc"]) / td["scale"]
+    # Draws are standard normal: mean and variance within 4 standard errors of 192 samples.
+    assert abs(float(standardized.mean())) < 4 / math.sqrt(192)
+    assert abs(float(standardized.var()) - 1) < 4 * math.sqrt(2 / 191)
+    with set_exploration_type(ExplorationType.MODE):
+        assert torch.equal(actor(td.clone())["action"], td["loc"])
