@@ -18,7 +18,8 @@ Cartpole (the one task Isaac Lab configures it for), Isaac Lab's own TorchRL PPO
 task, envs, rollout length and network sizes. The first ``--burn-in`` iterations (or collector
 batches) are excluded. All runs use diffrl's offline stand-in assets.
 
-``--compiled`` adds diffrl's GenPO with ``compile=true`` (its compilation falls in the burn-in).
+``--variant NAME:OVERRIDES`` adds diffrl's GenPO with those Hydra overrides, e.g.
+``--variant compiled:compile=true`` (compilation falls in the burn-in).
 
 Shared CPU (``--shared-cpu``): the main job (the GenPO recipe's defaults: Isaac-Cartpole, 256 envs)
 alone and beside one busy core (a process spinning in a Python loop), each with the recipes' thread
@@ -154,7 +155,14 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
 
 
 def train_worker(
-    algorithm: str, task: str, num_envs: int, device: str, iterations: int, burn_in: int, extra: Sequence[str] = ()
+    algorithm: str,
+    task: str,
+    num_envs: int,
+    device: str,
+    iterations: int,
+    burn_in: int,
+    extra: Sequence[str] = (),
+    variant_name: str = "",
 ) -> dict:
     """diffrl's recipe for ``iterations`` iterations; the rate over the iterations after ``burn_in``."""
     from diffrl.training.experiment import run_experiment
@@ -169,7 +177,7 @@ def train_worker(
         "measurement": "training",
         "task": task,
         "num_envs": num_envs,
-        "name": f"diffrl_{algorithm}" + ("_compiled" if "compile=true" in extra else ""),
+        "name": f"diffrl_{algorithm}" + (f"_{variant_name}" if variant_name else ""),
         **_rate(frames, collection + update),
         "collection_s_per_iteration": collection / len(history),
         "update_s_per_iteration": update / len(history),
@@ -369,13 +377,17 @@ def measure_round(
             )
         if args.skip_training:
             continue
-        cases = [("ppo", []), ("genpo", [])] + ([("genpo", ["--override=compile=true"])] if args.compiled else [])
-        for algorithm, extra in cases:
+        cases = [("ppo", "", []), ("genpo", "", [])]
+        for variant in args.variant:  # NAME:OVERRIDE[,OVERRIDE...]
+            name, overrides = variant.split(":", 1)
+            cases.append(("genpo", name, [f"--override={override}" for override in overrides.split(",")]))
+        for algorithm, variant, extra in cases:
             arguments = ["--worker", "train", "--algorithm", algorithm, "--tasks", task, *extra]
             arguments += ["--num-envs", str(args.train_envs), "--iterations", str(iterations)]
+            arguments += [f"--variant-name={variant}"] if variant else []
             training += attempt(
                 lambda arguments=arguments: run_worker([*arguments, *common], args.timeout),
-                f"training, diffrl {algorithm}{' compiled' if extra else ''}, {task}",
+                f"training, diffrl {algorithm} {variant}, {task}",
             )
         # Isaac Lab ships a TorchRL runner configuration for Cartpole only.
         libraries = ("rsl_rl", "torchrl") if task == "Isaac-Cartpole" else ("rsl_rl",)
@@ -417,7 +429,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch/OpenMP threads for every run (default: torch's choice)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per worker process")
     parser.add_argument("--shared-cpu", action="store_true", help="the main job alone and beside a busy core")
-    parser.add_argument("--compiled", action="store_true", help="also diffrl GenPO with compile=true")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:OVERRIDES",
+        help="also diffrl GenPO with these comma-separated Hydra overrides, reported as diffrl_genpo_NAME",
+    )
+    parser.add_argument("--variant-name", default="", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=1, help="rounds of all cases, in turns (medians reported)")
     parser.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["collect", "train"], help=argparse.SUPPRESS)
@@ -438,7 +457,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         if args.worker == "collect":
             result: Any = collect_worker(task, envs, args.device, batches, args.burn_in)
         else:
-            result = train_worker(args.algorithm, task, envs, args.device, iterations, args.burn_in, args.override)
+            result = train_worker(
+                args.algorithm, task, envs, args.device, iterations, args.burn_in, args.override, args.variant_name
+            )
         Path(args.worker_output).write_text(json.dumps(result))
         return result if isinstance(result, list) else [result]
 
