@@ -21,10 +21,9 @@ from torchrl.envs import VecNormV2
 from torchrl.objectives import ClipPPOLoss
 
 
-def ppo_clip_bounds(loss: ClipPPOLoss) -> tuple[float, float]:
-    """(log(1 − ε), log(1 + ε)): the clip range of the log-ratio."""
-    low, high = loss._clip_bounds
-    return float(low), float(high)
+def ppo_clip_bounds(loss: ClipPPOLoss) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log(1 − ε), log(1 + ε)): the clip range of the log-ratio, as 0-d tensors (reading them would sync)."""
+    return loss._clip_bounds
 
 
 def ppo_has_critic(loss: ClipPPOLoss) -> bool:

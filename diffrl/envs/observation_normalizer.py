@@ -47,15 +47,15 @@ class ObservationNormalizer(VecNormV2):
 
     def statistics(self) -> tuple[TensorDictBase, TensorDictBase, TensorDictBase]:
         """Copies of the running (count, E[x], E[x²]), one entry per normalized key."""
-        statistics = vecnorm_statistics(self)
-        if statistics is None:
-            raise RuntimeError("the normalizer has seen no data yet")
-        return tuple(entry.clone() for entry in statistics)
+        return tuple(entry.clone() for entry in self._live_statistics())
 
     def load_statistics(self, count: TensorDictBase, mean: TensorDictBase, second_moment: TensorDictBase) -> None:
         """Overwrite the running statistics in place (e.g. with those merged across ranks)."""
+        for live, new in zip(self._live_statistics(), (count, mean, second_moment), strict=True):
+            live.update_(new)
+
+    def _live_statistics(self) -> tuple[TensorDictBase, TensorDictBase, TensorDictBase]:
         statistics = vecnorm_statistics(self)
         if statistics is None:
             raise RuntimeError("the normalizer has seen no data yet")
-        for live, new in zip(statistics, (count, mean, second_moment), strict=True):
-            live.update_(new)
+        return statistics

@@ -109,7 +109,7 @@ class GenPOFlow(nn.Module):
         p, dt = self.mix, 1.0 / self.num_steps
         velocity = self.velocity_net.velocity_in_context
         x, y = noise.chunk(2, dim=-1)
-        for context in self._contexts(obs, noise.dtype):
+        for context in self._contexts(obs, self._time_features(noise.dtype)):
             x = torch.add(x, velocity(y, context), alpha=dt)
             y = torch.add(y, velocity(x, context), alpha=dt)
             x = torch.lerp(y, x, p)  # p·x + (1 − p)·y
@@ -122,7 +122,7 @@ class GenPOFlow(nn.Module):
         p, dt = self.mix, 1.0 / self.num_steps
         velocity = self.velocity_net.velocity_in_context
         x, y = latent.chunk(2, dim=-1)
-        for context in reversed(self._contexts(obs, latent.dtype)):
+        for context in reversed(self._contexts(obs, self._time_features(latent.dtype))):
             y = torch.add(y, x, alpha=-(1.0 - p)).div_(p)
             x = torch.add(x, y, alpha=-(1.0 - p)).div_(p)
             y = torch.sub(y, velocity(x, context), alpha=dt)
@@ -146,8 +146,9 @@ class GenPOFlow(nn.Module):
             raise ValueError("inverse_and_forward takes batches with one batch dimension, [B, 2d]")
         p, dt, rows = self.mix, 1.0 / self.num_steps, latent.shape[0]
         velocity = self.velocity_net.velocity_in_context
-        inverse_contexts = self._contexts(latent_obs, latent.dtype)
-        forward_contexts = self._contexts(noise_obs, noise.dtype)
+        time_features = self._time_features(latent.dtype)  # the same N times for both walks
+        inverse_contexts = self._contexts(latent_obs, time_features)
+        forward_contexts = self._contexts(noise_obs, time_features)
         x, y = latent.chunk(2, dim=-1)  # walked back to the noise
         u, w = noise.chunk(2, dim=-1)  # walked forward to a latent
         for step in range(self.num_steps):
@@ -162,11 +163,14 @@ class GenPOFlow(nn.Module):
             w = torch.lerp(u, w, p)
         return torch.cat([x, y], dim=-1), torch.cat([u, w], dim=-1)
 
-    def _contexts(self, obs: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    def _time_features(self, dtype: torch.dtype) -> torch.Tensor:
+        """The N flow times' first-layer features [N, H], in one batched call."""
+        return self.velocity_net.encode_time(self.time_grid.to(dtype))
+
+    def _contexts(self, obs: torch.Tensor, time_features: torch.Tensor) -> list[torch.Tensor]:
         """Per flow step, the observation's plus the step time's first-layer features [*B, H]: computed
-        once per call (the N times in one batched call) and shared by the step's two couplings."""
+        once per call and shared by the step's two couplings."""
         features = self.velocity_net.encode_observation(obs)
-        time_features = self.velocity_net.encode_time(self.time_grid.to(dtype))
         return [features + time_features[step] for step in range(self.num_steps)]
 
     def log_prob_of_noise(self, noise: torch.Tensor) -> torch.Tensor:
