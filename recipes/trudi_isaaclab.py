@@ -1,9 +1,10 @@
-"""Train TruDi (arXiv 2606.15260) on an Isaac Lab task, tracked in MLflow.
+"""Train TruDi (arXiv 2606.15260) as its authors built it, REPPO with a DIME diffusion actor, on an Isaac Lab task.
 
     python recipes/trudi_isaaclab.py                                   # Isaac-Cartpole, 256 CPU envs
-    python recipes/trudi_isaaclab.py task=ant env.device=cuda
+    python recipes/trudi_isaaclab.py task=halfcheetah                  # gymnasium MuJoCo
+    python recipes/trudi_isaaclab.py algorithm=trudi_ppo               # diffrl's likelihood-ratio variant
 
-Same loop, tasks, overrides and MLflow tracking as recipes/genpo_isaaclab.py (docs/recipes.md).
+Same loop, tasks, overrides and MLflow tracking as recipes/genpo_isaaclab.py (docs/recipes.md, docs/trudi.md).
 """
 
 from pathlib import Path

@@ -1,6 +1,6 @@
 """What every diffrl actor offers: its sizes, its exportable sampler, and checked observations.
 
-The actor contract (GenPO, TruDi-PPO and the Gaussian baseline all keep it):
+The actor contract (GenPO, TruDi-PPO, TruDi's DIME actor and the Gaussian actors all keep it):
 
 - ``obs_dim`` (o), ``action_dim`` (d) and ``noise_dim`` (n): the sizes of the exported sampler;
 - :meth:`export_sampler`: an ``nn.Module`` ``(observation [B, o], noise [B, n]) -> action [B, d]``
@@ -43,7 +43,32 @@ class ExportableActor(Protocol):
     def sampler_description(self) -> dict[str, Any]: ...
 
 
-class GenerativePolicy(TensorDictModuleBase):
+class ObservingPolicy(TensorDictModuleBase):
+    """Base of every diffrl actor module: reads one observation key and checks it through :attr:`numerics`.
+
+    Args:
+        observation_key: where the observation [*B, o] is read.
+        check_finite: check observations (and, per actor, samples) for NaN/inf through
+            :attr:`numerics`: at once by default, once per rollout in the trainer.
+    """
+
+    def __init__(self, *, observation_key: NestedKey, check_finite: bool) -> None:
+        super().__init__()
+        self.observation_key = observation_key
+        self.numerics = NumericsMonitor("immediate" if check_finite else "off")
+
+    def _observation(self, tensordict: TensorDictBase) -> torch.Tensor:
+        observation = tensordict.get(self.observation_key, None)
+        if observation is None:
+            raise KeyError(
+                f"the actor reads the observation {self.observation_key!r}, which the tensordict does not have "
+                f"(its keys: {sorted(str(key) for key in tensordict.keys(True, True))})"
+            )
+        self.numerics.require_finite(observation, f"observation {self.observation_key!r}", tensordict)
+        return observation
+
+
+class GenerativePolicy(ObservingPolicy):
     """Base of the actors whose stored sample (latent action, denoising chain) has an exact likelihood.
 
     Args:
@@ -57,10 +82,8 @@ class GenerativePolicy(TensorDictModuleBase):
     def __init__(
         self, *, observation_key: NestedKey, sample_key: NestedKey, log_prob_key: NestedKey, check_finite: bool
     ) -> None:
-        super().__init__()
-        self.observation_key = observation_key
+        super().__init__(observation_key=observation_key, check_finite=check_finite)
         self.log_prob_key = log_prob_key
-        self.numerics = NumericsMonitor("immediate" if check_finite else "off")
         self._sample_key = sample_key
 
     @property
@@ -71,13 +94,3 @@ class GenerativePolicy(TensorDictModuleBase):
     @property
     def dist_sample_keys(self) -> list[NestedKey]:
         return [self._sample_key]
-
-    def _observation(self, tensordict: TensorDictBase) -> torch.Tensor:
-        observation = tensordict.get(self.observation_key, None)
-        if observation is None:
-            raise KeyError(
-                f"the actor reads the observation {self.observation_key!r}, which the tensordict does not have "
-                f"(its keys: {sorted(str(key) for key in tensordict.keys(True, True))})"
-            )
-        self.numerics.require_finite(observation, f"observation {self.observation_key!r}", tensordict)
-        return observation

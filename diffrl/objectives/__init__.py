@@ -1,8 +1,26 @@
-"""Losses (GenPO, TruDi-PPO), their shared base, trust-region projections and KL / entropy estimators."""
+"""Losses of both update families, their shared parts, trust-region projections and KL / entropy estimators.
+
+Likelihood-ratio family: GenPO, TruDi-PPO (on :class:`ExactRatioPPOLoss`). Pathwise family: REPPO and TruDi
+(on :class:`PathwiseTrustRegionLoss`, with the :class:`SoftLambdaReturn` value estimator).
+"""
 
 from diffrl.numerics import NumericalError
 from diffrl.objectives.exact_ratio_ppo import ExactRatioPPOLoss
 from diffrl.objectives.genpo import GenPOLoss
+from diffrl.objectives.pathwise import PathwiseTrustRegionLoss
+from diffrl.objectives.reppo import REPPOLoss
+from diffrl.objectives.soft_lambda_return import SoftLambdaReturn, soft_lambda_return
 from diffrl.objectives.trudi import TruDiLoss
+from diffrl.objectives.trudi_ppo import TruDiPPOLoss
 
-__all__ = ["ExactRatioPPOLoss", "GenPOLoss", "NumericalError", "TruDiLoss"]
+__all__ = [
+    "ExactRatioPPOLoss",
+    "GenPOLoss",
+    "NumericalError",
+    "PathwiseTrustRegionLoss",
+    "REPPOLoss",
+    "SoftLambdaReturn",
+    "TruDiLoss",
+    "TruDiPPOLoss",
+    "soft_lambda_return",
+]

@@ -1,6 +1,7 @@
-"""The training loop and its parts: update rules, run state, torchrun data parallelism, MLflow tracking."""
+"""The training loop and its parts: update rules (PPO family, pathwise family), run state, torchrun data parallelism, MLflow tracking."""
 
 from diffrl.training.on_policy import OnPolicyTrainer
+from diffrl.training.pathwise_update import PathwiseUpdate
 from diffrl.training.ppo_update import KLAdaptiveLearningRate, PPOUpdate
 from diffrl.training.run_directory import RunDirectory
 from diffrl.training.run_state import RunState, TrainingProgress
@@ -10,6 +11,7 @@ __all__ = [
     "KLAdaptiveLearningRate",
     "OnPolicyTrainer",
     "PPOUpdate",
+    "PathwiseUpdate",
     "RunDirectory",
     "RunState",
     "TrainingProgress",

@@ -112,7 +112,9 @@ def _train(
         observation_key=observation_key,
         **actor_dimensions(cfg.algorithm.actor, obs_dim, action_dim),
     ).to(env.device)
-    critic = instantiate(cfg.algorithm.critic, obs_dim=obs_dim, observation_key=observation_key).to(env.device)
+    # A Q critic (the pathwise family) declares `action_dim` (null) in its config for the env to fill in.
+    critic_sizes = {"obs_dim": obs_dim, **({"action_dim": action_dim} if "action_dim" in cfg.algorithm.critic else {})}
+    critic = instantiate(cfg.algorithm.critic, observation_key=observation_key, **critic_sizes).to(env.device)
     loss_module = instantiate(cfg.algorithm.loss, actor_network=actor, critic_network=critic)
     if cfg.compile:
         logger.info("compiled %d networks (torch.compile, dynamic batch)", compile_networks(loss_module))

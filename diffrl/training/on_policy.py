@@ -1,7 +1,8 @@
 """The loop every recipe shares: env → collector → actor → update rule → run state → logger.
 
 It knows nothing of the algorithm: an :class:`~diffrl.training.update_rule.UpdateRule` brings the
-actor and turns each rollout into new parameters (the PPO family: :class:`~diffrl.training.ppo_update.PPOUpdate`).
+actor and turns each rollout into new parameters (the PPO family: :class:`~diffrl.training.ppo_update.PPOUpdate`;
+the pathwise family: :class:`~diffrl.training.pathwise_update.PathwiseUpdate`).
 What the loop owns is the order of things, the frame budget, episode statistics, the progress bar,
 checkpoints (:class:`~diffrl.training.run_state.RunState`), the observation statistics shared across
 ``torchrun`` ranks and the once-per-iteration inspection of the deferred numerical checks.
@@ -287,7 +288,8 @@ class OnPolicyTrainer:
         summary = {
             "return": f"{metrics['episode_return']:.3g}",
             "fps": f"{metrics['frames_per_second']:.0f}",
-            "kl": f"{metrics.get('kl_approx', math.nan):.2g}",
+            # The likelihood-ratio family's sample KL, or the pathwise family's trust-region KL.
+            "kl": f"{metrics.get('kl_approx', metrics.get('path_kl', math.nan)):.2g}",
             "lr": f"{metrics['learning_rate']:.1e}",
         }
         bar.update(frames)

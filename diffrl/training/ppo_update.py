@@ -15,6 +15,7 @@ from torchrl.objectives import LossModule
 from torchrl.objectives.value import GAE
 
 from diffrl.numerics import NumericsMonitor
+from diffrl.objectives.pathwise import PathwiseTrustRegionLoss
 from diffrl.training import distributed as parallel
 from diffrl.training.distributed import DistributedContext
 from diffrl.training.update_rule import UpdateRule
@@ -129,6 +130,8 @@ class PPOUpdate(UpdateRule):
         normalize_advantage: bool = True,
         distributed: DistributedContext | None = None,
     ) -> None:
+        if isinstance(loss_module, PathwiseTrustRegionLoss):
+            raise TypeError(f"{type(loss_module).__name__} is a pathwise loss: train it with trainer=pathwise (PathwiseUpdate)")
         if num_epochs < 1 or num_minibatches < 1:
             raise ValueError(f"num_epochs and num_minibatches must be >= 1, got {num_epochs}, {num_minibatches}")
         if not learning_rate > 0:

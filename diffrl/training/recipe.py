@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from diffrl.training.experiment import run_experiment
+from diffrl.training.pathwise_update import PathwiseUpdate
 from diffrl.training.ppo_update import PPOUpdate
 from diffrl.training.run_directory import RunDirectory
 
@@ -22,7 +23,7 @@ logger = logging.getLogger("diffrl")
 
 
 # The ``trainer`` config group: one entry per update rule, its defaults read off the constructor.
-UPDATE_RULES = {"ppo": PPOUpdate}
+UPDATE_RULES = {"ppo": PPOUpdate, "pathwise": PathwiseUpdate}
 # Arguments the experiment passes itself, not configuration.
 _WIRED_ARGUMENTS = {"loss_module", "distributed"}
 

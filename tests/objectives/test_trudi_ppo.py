@@ -1,4 +1,4 @@
-"""TruDiLoss: ratio at θ_old, hand-computed loss terms, trust region, gradients, errors, keys."""
+"""TruDiPPOLoss: ratio at θ_old, hand-computed loss terms, trust region, gradients, errors, keys."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torchrl.modules import ValueOperator
 from diffrl.modules.denoising_chain import DenoisingChain
 from diffrl.modules.trudi_actor import TruDiActor
 from diffrl.numerics import NumericalError
-from diffrl.objectives.trudi import TruDiLoss
+from diffrl.objectives.trudi_ppo import TruDiPPOLoss
 
 D, OBS, K, BATCH, MIN_STD = 2, 3, 3, 64, 0.1
 
@@ -27,7 +27,7 @@ def as_float32(value: float) -> float:
 
 def build(
     seed: int = 0, learn_std: bool = False, parameterization: str = "epsilon", **loss_kwargs
-) -> tuple[TruDiActor, ValueOperator, TruDiLoss]:
+) -> tuple[TruDiActor, ValueOperator, TruDiPPOLoss]:
     torch.manual_seed(seed)
     actor = TruDiActor(
         DenoisingChain(
@@ -42,7 +42,7 @@ def build(
         )
     ).double()
     critic = ValueOperator(nn.Linear(OBS, 1), in_keys=["observation"]).double()
-    return actor, critic, TruDiLoss(actor, critic, **loss_kwargs).double()  # float64 clip bounds too
+    return actor, critic, TruDiPPOLoss(actor, critic, **loss_kwargs).double()  # float64 clip bounds too
 
 
 def rollout_batch(actor: TruDiActor, seed: int = 1) -> TensorDict:
@@ -238,7 +238,7 @@ def test_keys_are_set_from_the_actor_and_configurable():
         DenoisingChain(D, OBS, num_steps=K, hidden_sizes=[8]), observation_key="policy", chain_key="z", means_key="m"
     )
     critic = ValueOperator(nn.Linear(OBS, 1), in_keys=["policy"], out_keys=["v"])
-    loss = TruDiLoss(actor, critic)
+    loss = TruDiPPOLoss(actor, critic)
     loss.set_keys(value="v", advantage="adv")
     assert loss.tensor_keys.action == "z" and loss.tensor_keys.sample_log_prob == "action_log_prob"
     assert loss.tensor_keys.denoising_means == "m" and "m" in loss.in_keys
@@ -255,4 +255,4 @@ def test_keys_are_set_from_the_actor_and_configurable():
 def test_invalid_arguments_are_rejected(kwargs, message):
     actor, critic, _ = build()
     with pytest.raises(ValueError, match=message):
-        TruDiLoss(actor, critic, **kwargs)
+        TruDiPPOLoss(actor, critic, **kwargs)
