@@ -48,7 +48,15 @@ from common import format_machine, format_table, machine_description, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 ISAACLAB_CLI = Path(sys.executable).with_name("isaaclab")
-ALGORITHMS = ("genpo", "trudi", "ppo", "rsl_rl")
+ALGORITHMS = ("genpo", "trudi", "reppo", "trudi_ppo", "ppo", "rsl_rl")
+# The recipe each diffrl algorithm runs through, and the overrides that pick it there.
+RECIPES = {
+    "genpo": ("genpo_isaaclab", []),
+    "trudi": ("trudi_isaaclab", []),
+    "reppo": ("reppo_isaaclab", []),
+    "trudi_ppo": ("trudi_isaaclab", ["algorithm=trudi_ppo"]),
+    "ppo": ("ppo_isaaclab", []),
+}
 DEFAULT_OUT = REPO / "benchmarks" / "out" / "learning"
 
 
@@ -65,6 +73,11 @@ class TaskSpec:
     # Per-algorithm Hydra overrides beyond the preset (rsl_rl's reference where the recipe differs).
     overrides: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     max_episode_steps: int | None = None  # MuJoCo only: None keeps the task's limit (1000)
+    preset_name: str | None = None  # the recipes' task preset, when it is not ``key``
+
+    @property
+    def preset(self) -> str:
+        return self.preset_name or self.key
 
     @property
     def frames_per_iteration(self) -> int:
@@ -102,6 +115,15 @@ TASKS: dict[str, TaskSpec] = {
     # (1000-step) HalfCheetah numbers.
     "halfcheetah": TaskSpec(
         "halfcheetah", "HalfCheetah-v5", "mujoco", num_envs=64, steps_per_env=32, iterations=40, max_episode_steps=200
+    ),
+    # The pathwise comparison of docs/results.md ("TruDi as published"): full 1000-step episodes and a
+    # budget where the curves separate (issue: 1M frames or more).
+    "halfcheetah_1m": TaskSpec(
+        "halfcheetah_1m", "HalfCheetah-v5", "mujoco", num_envs=64, steps_per_env=32, iterations=489,
+        preset_name="halfcheetah",
+    ),  # fmt: skip
+    "ant_v5_1m": TaskSpec(
+        "ant_v5_1m", "Ant-v5", "mujoco", num_envs=64, steps_per_env=32, iterations=489, preset_name="ant_v5"
     ),
 }
 # Episodes of 50 steps so that the tiny run finishes some (plumbing only; not a result).
@@ -156,10 +178,12 @@ def case_command(task: TaskSpec, algorithm: str, seed: int, run_dir: Path) -> li
             f"agent.num_steps_per_env={task.steps_per_env}",
             f"agent.max_iterations={task.iterations}",
         ]
+    recipe, selection = RECIPES[algorithm]
     command = [
         sys.executable,
-        str(REPO / "recipes" / f"{algorithm}_isaaclab.py"),
-        f"task={task.key}",
+        str(REPO / "recipes" / f"{recipe}.py"),
+        *selection,
+        f"task={task.preset}",
         f"seed={seed}",
         f"env.num_envs={task.num_envs}",
         f"collector.steps_per_env={task.steps_per_env}",
@@ -435,7 +459,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one tiny case (diffrl PPO, HalfCheetah-v5, 8 envs)")
     parser.add_argument("--json", metavar="PATH", help="write one record per (task, algorithm, seed) as JSON")
     parser.add_argument("--task", nargs="+", choices=sorted(TASKS), help="default: cartpole halfcheetah ant")
-    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, help="default: all four")
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, help="default: all")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2")
     parser.add_argument("--out", type=Path, help=f"case directories (default {DEFAULT_OUT.relative_to(REPO)})")
     parser.add_argument("--resume", action="store_true", help="skip cases whose case.json says they finished")

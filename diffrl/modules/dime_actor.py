@@ -267,9 +267,10 @@ class DIMEActor(PathwisePolicy):
         else:
             noise = noise.reshape(-1, self.num_steps + 1, self.action_dim)
         x = self.prior_std * noise[:, 0]
-        new_steps, old_steps = self.step_sizes().to(x.dtype), old.step_sizes().to(x.dtype)
+        new_steps = self.step_sizes().to(x.dtype)
         new_embedding = self.control.step_embeddings().to(x.dtype)
-        with torch.no_grad():
+        with torch.no_grad():  # the old policy is a fixed reference
+            old_steps = old.step_sizes().to(x.dtype)
             old_embedding = old.control.step_embeddings().to(x.dtype)
         kl = x.new_zeros(x.shape[0])
         for step in range(self.num_steps):

@@ -83,10 +83,8 @@ class HLGaussQValue(TensorDictModuleBase):
         self.v_min, self.v_max, self.num_bins = float(v_min), float(v_max), num_bins
         self.observation_key, self.action_key, self.value_key = observation_key, action_key, value_key
         self.in_keys, self.out_keys = [observation_key, action_key], [value_key]
-        bin_width = (v_max - v_min) / (num_bins - 1)
-        self.sigma = sigma_ratio * bin_width
-        self.register_buffer("centres", torch.linspace(v_min, v_max, num_bins))
-        self.register_buffer("edges", torch.linspace(v_min - bin_width / 2, v_max + bin_width / 2, num_bins + 1))
+        self.bin_width = (v_max - v_min) / (num_bins - 1)
+        self.sigma = sigma_ratio * self.bin_width
         layers: list[nn.Module] = []
         width = obs_dim + action_dim
         for hidden in hidden_sizes:
@@ -103,7 +101,10 @@ class HLGaussQValue(TensorDictModuleBase):
     def target_distribution(self, target: torch.Tensor) -> torch.Tensor:
         """The HL-Gauss histogram of each scalar target: [*B] → [*B, N] (rows sum to 1)."""
         target = target.clamp(self.v_min, self.v_max).unsqueeze(-1)
-        edges = self.edges.to(target.dtype)
+        half = self.bin_width / 2
+        edges = torch.linspace(
+            self.v_min - half, self.v_max + half, self.num_bins + 1, dtype=target.dtype, device=target.device
+        )
         cdf = torch.special.erf((edges - target) / (self.sigma * math.sqrt(2)))
         mass = cdf[..., 1:] - cdf[..., :-1]
         return mass / (cdf[..., -1:] - cdf[..., :1])
@@ -118,7 +119,11 @@ class HLGaussQValue(TensorDictModuleBase):
 
     def value(self, logits: torch.Tensor) -> torch.Tensor:
         """Σ softmax(logits)·z: [*B, N] → [*B]."""
-        return (logits.softmax(-1) * self.centres.to(logits.dtype)).sum(-1)
+        return (logits.softmax(-1) * self.centres(logits)).sum(-1)
+
+    def centres(self, like: torch.Tensor) -> torch.Tensor:
+        """The bin centres z [N], in ``like``'s dtype and device."""
+        return torch.linspace(self.v_min, self.v_max, self.num_bins, dtype=like.dtype, device=like.device)
 
     def predict_next_features(self, features: torch.Tensor) -> torch.Tensor:
         """P(φ(s, a)) ≈ φ(s', a'): [*B, H] → [*B, H]."""
