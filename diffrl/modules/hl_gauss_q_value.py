@@ -25,8 +25,11 @@ class HLGaussQValue(TensorDictModuleBase):
     linear head gives the N logits. :meth:`target_distribution` turns a scalar target into its
     HL-Gauss histogram: the mass of N(target, σ²), σ = ``sigma_ratio``·bin width, on each bin
     [z_i − w/2, z_i + w/2], renormalized over the support (targets outside are clamped to it). The
-    critic is trained by cross-entropy against it (Farebrother et al., arXiv 2403.03950). The head's
-    bias starts at the log of the histogram of 0, so that Q ≈ 0 at initialization.
+    critic is trained by cross-entropy against it (Farebrother et al., arXiv 2403.03950). The head starts
+    near zero (weights × 0.01, bias 0): a near-uniform histogram, Q ≈ (v_min + v_max)/2 at initialization.
+    (A histogram peaked at one value, such as the log of HL-Gauss(0), saturates the softmax: on a
+    one-step task the critic then needed ~10 iterations to move at all, while the temperature pumped
+    the policy's std up.)
 
     With ``aux_head`` a linear predictor P maps φ(s, a) to a guess of the next features
     φ(s', a'), REPPO's self-predictive auxiliary loss (the loss uses :meth:`predict_next_features`).
@@ -95,7 +98,7 @@ class HLGaussQValue(TensorDictModuleBase):
         self.head = nn.Linear(width, num_bins)
         with torch.no_grad():
             self.head.weight.mul_(0.01)
-            self.head.bias.copy_(self.target_distribution(torch.zeros(())).clamp_min(1e-6).log())
+            self.head.bias.zero_()
         self.predictor = nn.Linear(width, width) if aux_head else None
 
     def target_distribution(self, target: torch.Tensor) -> torch.Tensor:
