@@ -119,9 +119,14 @@ TASKS: dict[str, TaskSpec] = {
     # The pathwise comparison of docs/results.md ("TruDi as published"): full 1000-step episodes and a
     # budget where the curves separate (issue: 1M frames or more).
     "halfcheetah_1m": TaskSpec(
-        "halfcheetah_1m", "HalfCheetah-v5", "mujoco", num_envs=64, steps_per_env=32, iterations=489,
+        "halfcheetah_1m",
+        "HalfCheetah-v5",
+        "mujoco",
+        num_envs=64,
+        steps_per_env=32,
+        iterations=489,
         preset_name="halfcheetah",
-    ),  # fmt: skip
+    ),
     "ant_v5_1m": TaskSpec(
         "ant_v5_1m", "Ant-v5", "mujoco", num_envs=64, steps_per_env=32, iterations=489, preset_name="ant_v5"
     ),

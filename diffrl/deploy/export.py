@@ -6,15 +6,20 @@ The exported model is a pure function ``action = policy(observation, noise)``:
 - ``noise`` float32 [B, n]: the sampler's standard normal noise, an explicit input so that the
   model holds no random generator. **Zeros give the deterministic action** of every actor
   (the action TorchRL's ``DETERMINISTIC`` exploration type gives); ``N(0, I)`` draws give the
-  stochastic policy the run trained;
+  stochastic policy the run trained. TruDi's DIME actor is exported in its deterministic (ODE) mode,
+  as its authors deploy it: its noise is the prior draw x_0/σ_p only, so ``N(0, I)`` gives the ODE
+  mode the evaluation runs (the chain from a random start, its step noise off) and zeros the chain
+  from x_0 = 0;
 - ``action`` float32 [B, d]: what the env was given in training (no clipping, no scaling except
-  TruDi's optional tanh squash).
+  the tanh squash of TruDi, REPPO and optionally TruDi-PPO).
 
 Noise layout, with N GenPO's flow steps and K TruDi's denoising steps:
 
 - GenPO: n = 2d, the base noise (x_0, y_0) of the doubled action; action = (x_N + y_N)/2;
-- TruDi: n = (K+1)·d, row-major [K+1, d] in chain order: x_K (the prior draw), then the step
+- TruDi-PPO: n = (K+1)·d, row-major [K+1, d] in chain order: x_K (the prior draw), then the step
   noises ε of the K steps x_{k−1} = μ_θ(x_k, k, s) + σ_k ε;
+- TruDi (DIME): n = d, x_0 = σ_p·noise, then the K SDE steps with their noise off; a = tanh(x_K);
+- REPPO: n = d; action = tanh(μ_θ(s) + σ_θ(s) ⊙ noise);
 - Gaussian PPO: n = d; action = μ_θ(s) + σ ⊙ noise.
 
 The I/O contract is written as JSON next to the files (:func:`export_policy`); ``docs/deploy.md``
@@ -103,7 +108,8 @@ def deployable_policy(
     if not isinstance(actor, ExportableActor):
         raise TypeError(
             f"cannot export a {type(actor).__name__}: an exportable actor has obs_dim, action_dim, noise_dim, "
-            "export_sampler() and sampler_description() (GenPOActor, TruDiActor, GaussianActor)"
+            "export_sampler() and sampler_description() (GenPOActor, TruDiActor, DIMEActor, SquashedGaussianActor, "
+            "GaussianActor)"
         )
     policy = DeployablePolicy(
         copy.deepcopy(actor.export_sampler()),

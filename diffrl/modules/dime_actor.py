@@ -282,9 +282,11 @@ class DIMEActor(PathwisePolicy):
                 kl = kl + ((new_mean - old_mean).pow(2) / (2 * old_variance)).sum(-1)
             else:
                 new_variance = 2 * new_steps[step]
-                per_dim = 0.5 * (new_variance / old_variance).log() + (
-                    old_variance + (old_mean - new_mean).pow(2)
-                ) / (2 * new_variance) - 0.5
+                per_dim = (
+                    0.5 * (new_variance / old_variance).log()
+                    + (old_variance + (old_mean - new_mean).pow(2)) / (2 * new_variance)
+                    - 0.5
+                )
                 kl = kl + per_dim.sum(-1)
             x = old_mean + old_variance.sqrt() * noise[:, step + 1]
         return kl.reshape(-1, samples).mean(-1).reshape(batch)

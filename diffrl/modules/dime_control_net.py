@@ -30,8 +30,9 @@ class FourierStepEmbedding(nn.Module):
         super().__init__()
         self.register_buffer("frequencies", torch.logspace(math.log10(0.1), 2.0, num_frequencies))
         self.phase = nn.Parameter(torch.zeros(num_frequencies))
+        hidden = num_frequencies
         self.mlp = nn.Sequential(
-            nn.Linear(2 * num_frequencies, num_frequencies), make_activation(activation), nn.Linear(num_frequencies, dim)
+            nn.Linear(2 * num_frequencies, hidden), make_activation(activation), nn.Linear(hidden, dim)
         )
 
     def forward(self, steps: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The pathwise trust-region loss REPPO and TruDi share: Q(s, a_θ) differentiated through the sampler, per-state KL gate.
+"""The pathwise trust-region loss REPPO and TruDi share: Q(s, a_θ) differentiated through the sampler, a per-state
+KL gate.
 
 REPPO (arXiv 2507.11019) with a squashed-Gaussian actor; TruDi (arXiv 2606.15260) is the same loss with
 DIME's diffusion actor (arXiv 2502.02316) and its path KL. Symbols: B the batch, d the action dimension.

@@ -94,7 +94,7 @@ class SoftLambdaReturn:
     ) -> TensorDictBase:
         """Writes ``value_target`` [N, T] and ``next_q_features`` [N, T, H] into ``rollout`` [N, T]."""
         if rollout.batch_dims != 2:
-            raise ValueError(f"the soft λ-return needs a rollout [num_envs, steps], got batch size {rollout.batch_size}")
+            raise ValueError(f"the soft λ-return needs a rollout [num_envs, steps], got {rollout.batch_size}")
         keys = self.keys
         next_observation = rollout.get(keys.next_observation)
         draw = self.actor.rsample(next_observation)

@@ -16,7 +16,8 @@ from diffrl.objectives.pathwise import Gate, PathwiseTrustRegionLoss
 
 
 class TruDiLoss(PathwiseTrustRegionLoss):
-    """TruDi's loss: :class:`~diffrl.objectives.pathwise.PathwiseTrustRegionLoss` over a :class:`~diffrl.modules.DIMEActor`.
+    """TruDi's loss: the pathwise trust-region loss (:class:`~diffrl.objectives.pathwise.PathwiseTrustRegionLoss`)
+    over a :class:`~diffrl.modules.DIMEActor`.
 
     With the DIME actor, log π in the actor term and in the soft return is DIME's pseudo
     log-probability (a bound, :class:`~diffrl.modules.DIMEActor`), the entropy estimate Ĥ is the
@@ -53,7 +54,9 @@ class TruDiLoss(PathwiseTrustRegionLoss):
         aux_loss_coeff: float = 0.0,
     ) -> None:
         if not isinstance(actor_network, DIMEActor):
-            raise TypeError(f"TruDiLoss needs a DIMEActor (REPPOLoss takes other actors), got {type(actor_network).__name__}")
+            raise TypeError(
+                f"TruDiLoss needs a DIMEActor (REPPOLoss takes other actors), got {type(actor_network).__name__}"
+            )
         super().__init__(
             actor_network,
             critic_network,

@@ -1,4 +1,4 @@
-"""The training loop and its parts: update rules (PPO family, pathwise family), run state, torchrun data parallelism, MLflow tracking."""
+"""The training loop and its parts: update rules of both families, run state, torchrun, MLflow tracking."""
 
 from diffrl.training.on_policy import OnPolicyTrainer
 from diffrl.training.pathwise_update import PathwiseUpdate

@@ -104,7 +104,9 @@ class PathwiseUpdate(UpdateRule):
 
         self.actor_optimizer = adam(self.actor_parameters, learning_rate)
         self.critic_optimizer = adam(self.critic_parameters, critic_learning_rate)
-        self.reward_normalizer = DiscountedReturnNormalizer(gamma, return_bound).to(device) if normalize_rewards else None
+        self.reward_normalizer = (
+            DiscountedReturnNormalizer(gamma, return_bound).to(device) if normalize_rewards else None
+        )
         self.numerics = NumericsMonitor("deferred")
         loss_module.numerics = self.numerics
 

@@ -131,7 +131,7 @@ class PPOUpdate(UpdateRule):
         distributed: DistributedContext | None = None,
     ) -> None:
         if isinstance(loss_module, PathwiseTrustRegionLoss):
-            raise TypeError(f"{type(loss_module).__name__} is a pathwise loss: train it with trainer=pathwise (PathwiseUpdate)")
+            raise TypeError(f"{type(loss_module).__name__} is a pathwise loss: train it with trainer=pathwise")
         if num_epochs < 1 or num_minibatches < 1:
             raise ValueError(f"num_epochs and num_minibatches must be >= 1, got {num_epochs}, {num_minibatches}")
         if not learning_rate > 0:

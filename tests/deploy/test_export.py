@@ -1,4 +1,5 @@
-"""Exported GenPO, TruDi and Gaussian policies act as the torch actors do, without diffrl or torchrl.
+"""Exported GenPO, TruDi-PPO, TruDi (DIME), REPPO and Gaussian policies act as the torch actors do, without diffrl
+or torchrl.
 
 The reference is the library's own path, independent of the exporter: the run's observation
 normalizer applied as a transform, then the actor's ``forward`` (its own sampler) with
@@ -36,9 +37,11 @@ from diffrl.deploy.policy_loading import LoadedPolicy, load_policy
 from diffrl.envs.gym import make_gym_env
 from diffrl.envs.observation_normalizer import ObservationNormalizer
 from diffrl.modules.denoising_chain import DenoisingChain
+from diffrl.modules.dime_actor import DIMEActor
 from diffrl.modules.gaussian_actor import GaussianActor
 from diffrl.modules.genpo_actor import GenPOActor
 from diffrl.modules.genpo_flow import GenPOFlow
+from diffrl.modules.squashed_gaussian_actor import SquashedGaussianActor
 from diffrl.modules.trudi_actor import TruDiActor
 
 OBS_DIM, ACTION_DIM = 17, 6  # HalfCheetah-v5, whose observations fill the normalizer
@@ -59,11 +62,21 @@ def make_actor(kind: str):
         return TruDiActor(
             DenoisingChain(ACTION_DIM, OBS_DIM, num_steps=3, hidden_sizes=[32], schedule="ddim", ddim_eta=0.5)
         )
+    if kind == "dime":
+        actor = DIMEActor(ACTION_DIM, OBS_DIM, num_steps=4, hidden_sizes=[32, 32])
+        with torch.no_grad():  # a trained-looking control net (at init its output is ~1e-8)
+            actor.control.mlp[-1].weight.normal_(0.0, 0.3)
+        return actor
+    if kind == "reppo":
+        return SquashedGaussianActor(ACTION_DIM, OBS_DIM, hidden_sizes=[32])
     return GaussianActor(ACTION_DIM, OBS_DIM, hidden_sizes=[32], init_std=0.7)
 
 
-KINDS = ["genpo", "trudi", "trudi_ddim", "gaussian"]
-ALGORITHMS = {"genpo": "genpo", "trudi": "trudi", "trudi_ddim": "trudi", "gaussian": "ppo"}
+KINDS = ["genpo", "trudi", "trudi_ddim", "dime", "reppo", "gaussian"]
+# kind -> the recipe algorithm whose actor it is ("trudi" is TruDi-PPO's denoising chain, "dime" TruDi's).
+ALGORITHMS = {"genpo": "genpo", "trudi": "trudi_ppo", "trudi_ddim": "trudi_ppo", "dime": "trudi", "reppo": "reppo"}
+ALGORITHMS["gaussian"] = "ppo"
+SQUASHED = {"trudi", "dime", "reppo"}
 
 
 @pytest.fixture(scope="module")
@@ -98,29 +111,43 @@ def tolerance(actor) -> float:
     return TOLERANCE
 
 
+def injected_randn(draws: list[torch.Tensor]):
+    """A stand-in for ``torch.randn`` that returns ``draws`` in order (checking their shapes)."""
+
+    def randn(*shape, **kwargs):
+        draw = draws.pop(0)
+        assert tuple(draw.shape) == tuple(shape[0] if len(shape) == 1 else shape)
+        return draw.clone()
+
+    return randn
+
+
+def run_with_noise(actor, td: TensorDict, draws: list[torch.Tensor]) -> TensorDict:
+    original = torch.randn
+    torch.randn = injected_randn(draws)
+    try:
+        actor(td)
+    finally:
+        torch.randn = original
+    assert not draws
+    return td
+
+
 def reference_actions(policy: LoadedPolicy, observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """The actor's own forward on normalized observations, its torch.randn draws replaced by ``noise``."""
     td = TensorDict({"observation": policy.normalize(observation)}, batch_size=observation.shape[:1])
     actor, batch = policy.actor, observation.shape[0]
-    if isinstance(actor, GenPOActor | TruDiActor):
-        if isinstance(actor, GenPOActor):
-            draws = [noise]
-        else:  # DenoisingChain.sample draws x_K [B, d], then the step noises [K, B, d]
-            draws = [noise[:, :ACTION_DIM], noise[:, ACTION_DIM:].reshape(batch, actor.num_steps, -1).movedim(1, 0)]
-        original = torch.randn
-
-        def injected(*shape, **kwargs):
-            draw = draws.pop(0)
-            assert tuple(draw.shape) == tuple(shape[0] if len(shape) == 1 else shape)
-            return draw.clone()
-
-        torch.randn = injected
-        try:
-            actor(td)
-        finally:
-            torch.randn = original
-        assert not draws
-        return td["action"]
+    if isinstance(actor, GenPOActor):
+        return run_with_noise(actor, td, [noise])["action"]
+    if isinstance(actor, TruDiActor):  # DenoisingChain.sample draws x_K [B, d], then the step noises [K, B, d]
+        steps = noise[:, ACTION_DIM:].reshape(batch, actor.num_steps, -1).movedim(1, 0)
+        return run_with_noise(actor, td, [noise[:, :ACTION_DIM], steps])["action"]
+    if isinstance(actor, DIMEActor):  # exported in ODE mode: the deterministic forward's one prior draw x_0/σ_p
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            return run_with_noise(actor, td, [noise])["action"]
+    if isinstance(actor, SquashedGaussianActor):
+        mean, std = actor.base_distribution(td["observation"])
+        return (mean + std * noise).tanh()
     # The Gaussian's sample is loc + scale · ε: read loc and scale off the actor itself.
     actor(td)
     return td["loc"] + td["scale"] * noise
@@ -174,7 +201,10 @@ def test_zero_noise_gives_the_deterministic_action(exported, fmt):
     observation, _ = inputs(noise_dim(result), seed=5)
     td = TensorDict({"observation": policy.normalize(observation)}, batch_size=[BATCH])
     with set_exploration_type(ExplorationType.DETERMINISTIC):
-        expected = policy.actor(td)["action"]
+        if isinstance(policy.actor, DIMEActor):  # its ODE mode draws x_0: zeros start it at x_0 = 0
+            expected = run_with_noise(policy.actor, td, [torch.zeros(BATCH, ACTION_DIM)])["action"]
+        else:
+            expected = policy.actor(td)["action"]
     actual = LOADERS[fmt](result.files[fmt])(observation, torch.zeros(BATCH, noise_dim(result)))
     difference = float((actual - expected).abs().max())
     print(f"{kind} {fmt}: zero noise, max abs difference to the deterministic action {difference:.1e}")
@@ -204,7 +234,7 @@ def test_contract_names_shapes_and_normalizer(exported):
     expected_noise = {"genpo": 2 * ACTION_DIM, "trudi": 5 * ACTION_DIM, "trudi_ddim": 4 * ACTION_DIM}
     assert contract["inputs"][1]["shape"] == ["batch", expected_noise.get(kind, ACTION_DIM)]
     assert contract["outputs"] == [{**contract["outputs"][0], "name": "action", "shape": ["batch", ACTION_DIM]}]
-    assert contract["action"]["range"] == ([-1.0, 1.0] if kind == "trudi" else None)
+    assert contract["action"]["range"] == ([-1.0, 1.0] if kind in SQUASHED else None)
     assert len(contract["observation_normalizer"]["loc"]) == OBS_DIM
     session = onnxruntime.InferenceSession(os.fspath(result.files["onnx"]), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["observation", "noise"]
@@ -273,7 +303,7 @@ def test_missing_or_corrupted_sources_are_clear_errors(tmp_path):
         load_policy(tmp_path)
 
 
-@pytest.mark.parametrize("recipe", ["genpo_isaaclab", "trudi_isaaclab", "ppo_isaaclab"])
+@pytest.mark.parametrize("recipe", ["genpo_isaaclab", "trudi_isaaclab", "reppo_isaaclab", "ppo_isaaclab"])
 def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
     """policy.pt and a checkpoint, written as a training run writes them, come back as the same actor and normalizer."""
     from hydra import compose, initialize_config_dir
@@ -304,6 +334,7 @@ def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
 
     observation = torch.randn(8, OBS_DIM)
     normalized = normalizer.freeze().normalize(TensorDict({"observation": observation}, [8]))["observation"]
+    torch.manual_seed(7)  # TruDi's deterministic (ODE) mode still draws its start x_0
     with set_exploration_type(ExplorationType.DETERMINISTIC):
         expected = actor(TensorDict({"observation": normalized}, [8]))["action"]
     for source in (tmp_path / "policy.pt", run_dir, checkpoint):
@@ -311,6 +342,7 @@ def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
         assert (loaded.algorithm, loaded.obs_dim, loaded.action_dim) == (cfg.algorithm.name, OBS_DIM, ACTION_DIM)
         assert type(loaded.actor) is type(actor)
         torch.testing.assert_close(loaded.normalize(observation), normalized, rtol=0, atol=0)
+        torch.manual_seed(7)
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             actual = loaded.actor(TensorDict({"observation": loaded.normalize(observation)}, [8]))["action"]
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)

@@ -14,7 +14,7 @@ def python_blocks(markdown: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", markdown.read_text(), flags=re.DOTALL)
 
 
-@pytest.mark.parametrize("page", ["genpo.md", "trudi.md"])
+@pytest.mark.parametrize("page", ["genpo.md", "trudi.md", "trudi_ppo.md"])
 def test_user_script_runs(page, capsys):
     blocks = python_blocks(DOCS / page)
     assert blocks, f"docs/{page} has no python example"

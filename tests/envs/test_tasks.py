@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torchrl.envs.utils import check_env_specs
 
 from diffrl.envs.offline_assets import OFFLINE_TASKS, stand_in_notes
+from diffrl.training.pathwise_update import PathwiseUpdate
 
 NUM_ENVS = 16
 STEPS = 8
@@ -70,7 +72,9 @@ REFERENCE = {
     "franka_reach": ("Isaac-Reach-Franka", 24, 8, 4, 1e-3, [64, 64], False),
     "shadow_hand": ("Isaac-Reorient-Cube-Shadow", 16, 5, 4, 5e-4, [512, 512, 256, 128], True),
 }
-RECIPES = ("genpo_isaaclab", "trudi_isaaclab", "ppo_isaaclab")
+RECIPES = ("genpo_isaaclab", "trudi_isaaclab", "reppo_isaaclab", "ppo_isaaclab")
+# The recipes whose algorithm trains with the pathwise family's update (the rest: the PPO family's).
+PATHWISE_RECIPES = {"trudi_isaaclab", "reppo_isaaclab"}
 
 
 def _compose(recipe: str, overrides: list[str]):
@@ -99,11 +103,27 @@ def test_task_preset_composes_with_reference_settings(recipe, preset):
     assert cfg.env.backend == "isaaclab" and cfg.env.task == task and cfg.env.num_envs == 64
     assert cfg.collector.steps_per_env == steps
     update = cfg.trainer
+    if recipe in PATHWISE_RECIPES:
+        # A preset's schedule applies to both families; what it leaves out the pathwise update takes
+        # from its own defaults (the authors': 4 epochs x 64 minibatches, lr 3e-4).
+        preset_schedule = OmegaConf.load(CONFIG_DIR / "task" / f"{preset}.yaml").get("trainer", {})
+        defaults = PathwiseUpdate.__init__.__kwdefaults__
+        epochs, minibatches, lr = (
+            preset_schedule.get(key, defaults[key]) for key in ("num_epochs", "num_minibatches", "learning_rate")
+        )
+        assert update._target_ == "diffrl.training.pathwise_update.PathwiseUpdate"
     assert (update.num_epochs, update.num_minibatches, update.learning_rate) == (epochs, minibatches, lr)
     assert list(cfg.algorithm.hidden_sizes) == widths and list(cfg.algorithm.critic_hidden_sizes) == widths
     if normalize is not None:  # the Ant preset keeps each algorithm's own default
         assert cfg.algorithm.normalize_observations is normalize
     assert cfg.algorithm.name == recipe.removesuffix("_isaaclab")
+
+
+def test_the_algorithm_picks_its_family_s_trainer_in_any_recipe():
+    assert _compose("trudi_isaaclab", []).trainer._target_.endswith("PathwiseUpdate")
+    assert _compose("trudi_isaaclab", ["algorithm=trudi_ppo"]).trainer._target_.endswith("PPOUpdate")
+    assert _compose("genpo_isaaclab", ["algorithm=reppo"]).trainer._target_.endswith("PathwiseUpdate")
+    assert _compose("genpo_isaaclab", []).trainer._target_.endswith("PPOUpdate")
 
 
 def test_unknown_task_preset_is_rejected_listing_the_presets():

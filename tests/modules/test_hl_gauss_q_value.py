@@ -31,14 +31,16 @@ def test_target_distribution_is_the_gaussian_mass_of_each_bin():
 
 def test_targets_outside_the_support_are_clamped_to_its_edge():
     critic = make_critic()
-    torch.testing.assert_close(critic.target_distribution(torch.tensor([50.0])), critic.target_distribution(torch.tensor([2.0])))
+    clamped = critic.target_distribution(torch.tensor([50.0]))
+    torch.testing.assert_close(clamped, critic.target_distribution(torch.tensor([2.0])))
 
 
 def test_q_is_the_softmax_mean_of_the_centres_and_starts_near_zero():
     critic = make_critic()
     observation, action = torch.randn(64, 3), torch.rand(64, 2) * 2 - 1
     logits = critic.logits(critic.features(observation, action))
-    torch.testing.assert_close(critic.q_value(observation, action), (logits.softmax(-1) * torch.linspace(-2.0, 2.0, 21)).sum(-1))
+    centres = torch.linspace(-2.0, 2.0, 21)
+    torch.testing.assert_close(critic.q_value(observation, action), (logits.softmax(-1) * centres).sum(-1))
     assert float(critic.q_value(observation, action).abs().max()) < 0.05
     td = critic(TensorDict({"observation": observation, "action": action}, [64]))
     assert td["state_action_value"].shape == (64, 1)

@@ -27,9 +27,7 @@ def test_hand_computed_three_step_rollout_with_a_termination_and_a_truncation():
     g11 = 2.0  # terminated: nothing bootstrapped
     g10 = 1.45 + GAMMA * 10.0  # truncated: the trace is cut, V' only
     expected = torch.tensor([[g00, g01, g02], [g10, g11, g12]], dtype=torch.float64)
-    actual = soft_lambda_return(
-        reward, value, log_prob, terminated, truncated, gamma=GAMMA, lmbda=LMBDA, alpha=ALPHA
-    )
+    actual = soft_lambda_return(reward, value, log_prob, terminated, truncated, gamma=GAMMA, lmbda=LMBDA, alpha=ALPHA)
     torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -42,9 +40,11 @@ def test_without_episode_ends_it_is_the_lambda_weighted_sum_of_n_step_soft_retur
     soft = reward - GAMMA * ALPHA * log_prob
     expected = torch.zeros(3, steps, dtype=torch.float64)
     for t in range(steps):
+
         def n_step(n: int, t: int = t) -> torch.Tensor:
             discounts = GAMMA ** torch.arange(n, dtype=torch.float64)
             return (soft[:, t : t + n] * discounts).sum(-1) + GAMMA**n * value[:, t + n - 1]
+
         horizon = steps - t
         expected[:, t] = sum((1 - LMBDA) * LMBDA ** (n - 1) * n_step(n) for n in range(1, horizon))
         expected[:, t] += LMBDA ** (horizon - 1) * n_step(horizon)

@@ -13,23 +13,31 @@ import torch
 from torchrl.envs import Transform
 
 from diffrl.envs import make_gym_env, training_env
-from diffrl.modules import GenPOActor, GenPOFlow, make_value_network
+from diffrl.modules import DIMEActor, GenPOActor, GenPOFlow, HLGaussQValue, make_value_network
 from diffrl.numerics import NumericalError
-from diffrl.objectives import GenPOLoss
-from diffrl.training import OnPolicyTrainer, PPOUpdate
+from diffrl.objectives import GenPOLoss, TruDiLoss
+from diffrl.training import OnPolicyTrainer, PathwiseUpdate, PPOUpdate
 
 NUM_ENVS, STEPS = 4, 16
 
 
-def make_trainer(checkpoint_dir: Path, total_frames: int, hidden: int = 16, **kwargs) -> OnPolicyTrainer:
+def make_trainer(
+    checkpoint_dir: Path, total_frames: int, hidden: int = 16, family: str = "ppo", **kwargs
+) -> OnPolicyTrainer:
+    """GenPO with the PPO family's update, or (``family="pathwise"``) TruDi with the pathwise one."""
     torch.manual_seed(0)
     env = training_env(make_gym_env("HalfCheetah-v5", NUM_ENVS, seed=0, max_episode_steps=20))
     obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
-    actor = GenPOActor(GenPOFlow(action_dim, obs_dim, num_steps=2, hidden_sizes=[hidden]))
-    critic = make_value_network(obs_dim, [16])
+    if family == "pathwise":
+        actor = DIMEActor(action_dim, obs_dim, num_steps=2, hidden_sizes=[hidden])
+        loss = TruDiLoss(actor, HLGaussQValue(obs_dim, action_dim, [16], num_bins=11), aux_loss_coeff=1.0)
+        update = PathwiseUpdate(loss, num_epochs=2, num_minibatches=2)
+    else:
+        actor = GenPOActor(GenPOFlow(action_dim, obs_dim, num_steps=2, hidden_sizes=[hidden]))
+        update = PPOUpdate(GenPOLoss(actor, make_value_network(obs_dim, [16])), num_epochs=2, num_minibatches=2)
     return OnPolicyTrainer(
         env=env,
-        update=PPOUpdate(GenPOLoss(actor, critic), num_epochs=2, num_minibatches=2),
+        update=update,
         total_frames=total_frames,
         steps_per_env=STEPS,
         checkpoint_dir=checkpoint_dir,
@@ -107,17 +115,19 @@ def test_corrupted_or_missing_checkpoint_is_a_clear_error(tmp_path):
 TIMINGS = {"frames_per_second", "collection_time", "update_time"}
 
 
-def test_resumed_run_reproduces_the_uninterrupted_run_exactly(tmp_path):
+@pytest.mark.parametrize("family", ["ppo", "pathwise"])
+def test_resumed_run_reproduces_the_uninterrupted_run_exactly(tmp_path, family):
     # 20-step episodes over 16-step rollouts: the resume lands mid-episode, so the simulator
-    # state, the collector's carried step and the RNG streams all have to be restored.
+    # state, the collector's carried step and the RNG streams all have to be restored (pathwise:
+    # also α, λ, the old actor, both optimizers and the reward normalizer's running returns).
     total = 5 * NUM_ENVS * STEPS
-    uninterrupted = make_trainer(tmp_path / "straight", total_frames=total).train()
+    uninterrupted = make_trainer(tmp_path / "straight", total_frames=total, family=family).train()
 
     # Stopped after 3 iterations (checkpoints every 2): the resume is from the final checkpoint.
-    first = make_trainer(tmp_path / "split", total_frames=3 * NUM_ENVS * STEPS)
+    first = make_trainer(tmp_path / "split", total_frames=3 * NUM_ENVS * STEPS, family=family)
     first.train()
     assert first.run_state.checkpoints.latest().name == "checkpoint-000000000003"
-    resumed = make_trainer(tmp_path / "split", total_frames=total)
+    resumed = make_trainer(tmp_path / "split", total_frames=total, family=family)
     resumed.load_checkpoint(first.run_state.checkpoints.latest())
     continued = resumed.train()
 

@@ -1,4 +1,4 @@
-"""TruDi end to end: recipes/trudi_isaaclab.py learns Isaac-Cartpole (CPU, offline assets)."""
+"""TruDi-PPO end to end: recipes/trudi_isaaclab.py algorithm=trudi_ppo learns Isaac-Cartpole (CPU, offline assets)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ FRAMES_PER_ITERATION = 256 * 16  # the Cartpole preset: 256 envs x 16 steps
 
 
 @pytest.mark.slow
-def test_trudi_learns_isaac_cartpole_and_reports_whole_chain_kl(tmp_path):
-    run_dir = tmp_path / "trudi_cartpole"
+def test_trudi_ppo_learns_isaac_cartpole_and_reports_whole_chain_kl(tmp_path):
+    run_dir = tmp_path / "trudi_ppo_cartpole"
     command = [
         sys.executable,
         str(REPO / "recipes" / "trudi_isaaclab.py"),
+        "algorithm=trudi_ppo",
         f"hydra.run.dir={run_dir}",
         "logger.progress=false",
         "env.assets=offline",
