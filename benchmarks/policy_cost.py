@@ -110,7 +110,11 @@ def trudi_case(obs: torch.Tensor, action_dim: int, hidden_sizes: Sequence[int], 
     return PolicyCase(lambda: net.velocity(x, features, t), actor, "denoising_chain", passes, None)
 
 
-BUILDERS: dict[str, Callable[..., PolicyCase]] = {"gaussian": gaussian_case, "genpo": genpo_case, "trudi": trudi_case}
+BUILDERS: dict[str, Callable[..., PolicyCase]] = {
+    "gaussian": gaussian_case,
+    "genpo": genpo_case,
+    "trudi_ppo": trudi_case,
+}
 
 
 def _loss_step(loss: LossModule, batch: TensorDictBase) -> None:
@@ -213,7 +217,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--policies",
         nargs="+",
         choices=sorted(BUILDERS),
-        help="default: gaussian, genpo and trudi when diffrl.modules.trudi_actor is importable",
+        help="default: gaussian, genpo and trudi_ppo (the denoising chain) when diffrl.modules.trudi_actor is importable",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--obs-dim", type=int, default=60, help="observation size o (Isaac-Ant: 60)")
@@ -233,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     repeats = args.repeats or (3 if args.quick else 7)
-    policies = args.policies or ["gaussian", "genpo", *(["trudi"] if trudi_available() else [])]
+    policies = args.policies or ["gaussian", "genpo", *(["trudi_ppo"] if trudi_available() else [])]
     set_threads(args.threads)
     device = torch.device(args.device)
     machine = machine_description(device)

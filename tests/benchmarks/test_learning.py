@@ -129,9 +129,9 @@ def test_parse_rsl_rl_output_reads_frames_returns_and_times_per_iteration(learni
 def test_every_algorithm_gets_the_tasks_envs_and_frame_budget(learning, tmp_path):
     for task in learning.TASKS.values():
         commands = {algorithm: learning.case_command(task, algorithm, 1, tmp_path) for algorithm in learning.ALGORITHMS}
-        for algorithm in ("genpo", "trudi", "ppo"):
+        for algorithm, (recipe, selection) in learning.RECIPES.items():
             command = commands[algorithm]
-            assert f"recipes/{algorithm}_isaaclab.py" in command[1]
+            assert f"recipes/{recipe}.py" in command[1] and command[2 : 2 + len(selection)] == selection
             assert f"env.num_envs={task.num_envs}" in command and "seed=1" in command
             assert f"collector.total_frames={task.total_frames}" in command
             assert f"collector.steps_per_env={task.steps_per_env}" in command
