@@ -217,7 +217,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--policies",
         nargs="+",
         choices=sorted(BUILDERS),
-        help="default: gaussian, genpo and trudi_ppo (the denoising chain) when diffrl.modules.trudi_actor is importable",
+        help="default: gaussian, genpo and trudi_ppo (the denoising chain) when diffrl.modules.trudi_actor imports",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--obs-dim", type=int, default=60, help="observation size o (Isaac-Ant: 60)")
