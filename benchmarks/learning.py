@@ -22,6 +22,8 @@ stopped and continued. Cases run one at a time with one torch/OpenMP thread.
     python benchmarks/learning.py --quick                         # one tiny MuJoCo case, ~1 min
     python benchmarks/learning.py --resume --json learning.json   # the full sweep (docs/results.md)
     python benchmarks/learning.py --task cartpole --algorithms genpo --seeds 0 1 2 --resume
+    python benchmarks/learning.py --task cartpole --algorithms trudi --seeds 0 \
+        --variant trudi_K4 trudi algorithm.actor.num_steps=4            # a hyperparameter sweep
 """
 
 from __future__ import annotations
@@ -144,7 +146,28 @@ def case_dir(out: Path, task: TaskSpec, algorithm: str, seed: int) -> Path:
     return out / task.key / algorithm / f"seed{seed}"
 
 
-def case_command(task: TaskSpec, algorithm: str, seed: int, run_dir: Path) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A diffrl algorithm with extra Hydra overrides, run and reported under its own label."""
+
+    label: str
+    algorithm: str
+    overrides: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, words: Sequence[str]) -> Variant:
+        """``LABEL ALGORITHM OVERRIDE...`` as given to ``--variant``."""
+        if len(words) < 3 or words[1] not in RECIPES:
+            raise SystemExit(
+                f"--variant {' '.join(words)}: expected LABEL ALGORITHM OVERRIDE... with ALGORITHM one of "
+                f"{', '.join(RECIPES)}"
+            )
+        return cls(words[0], words[1], tuple(words[2:]))
+
+
+def case_command(
+    task: TaskSpec, algorithm: str, seed: int, run_dir: Path, extra_overrides: Sequence[str] = ()
+) -> list[str]:
     """The one command that trains ``algorithm`` on ``task`` with ``seed`` at the task's budget."""
     limit = [] if task.max_episode_steps is None else [task.max_episode_steps]
     if algorithm == "rsl_rl" and task.backend == "mujoco":
@@ -199,7 +222,7 @@ def case_command(task: TaskSpec, algorithm: str, seed: int, run_dir: Path) -> li
     if task.backend == "isaaclab":
         command.append("env.assets=offline")
     command += [f"env.max_episode_steps={steps}" for steps in limit]
-    return [*command, *task.overrides.get(algorithm, [])]
+    return [*command, *task.overrides.get(algorithm, []), *extra_overrides]
 
 
 def display_command(command: Sequence[str]) -> str:
@@ -271,11 +294,19 @@ def read_mlflow_curve(run_dir: Path) -> dict[str, list[float]]:
 # -- one case -----------------------------------------------------------------------------------------
 
 
-def run_case(task: TaskSpec, algorithm: str, seed: int, out: Path, timeout: float) -> dict[str, Any]:
-    """Train one (task, algorithm, seed) in a subprocess; write and return its record (``case.json``)."""
+def run_case(
+    task: TaskSpec, algorithm: str, seed: int, out: Path, timeout: float, variant: Variant | None = None
+) -> dict[str, Any]:
+    """Train one (task, algorithm, seed) in a subprocess; write and return its record (``case.json``).
+
+    With ``variant``, ``algorithm`` is its label and the command is its algorithm's plus its overrides.
+    """
     directory = case_dir(out, task, algorithm, seed)
     directory.mkdir(parents=True, exist_ok=True)
-    command = case_command(task, algorithm, seed, directory.resolve())
+    if variant is None:
+        command = case_command(task, algorithm, seed, directory.resolve())
+    else:
+        command = case_command(task, variant.algorithm, seed, directory.resolve(), variant.overrides)
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     # This checkout's diffrl, also when the sweep runs from a snapshot (git worktree) of it.
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -430,10 +461,8 @@ def plot_task(records: Sequence[dict[str, Any]], path: Path, title: str) -> Path
     import matplotlib.pyplot as plt
 
     fig, axis = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
-    for algorithm in ALGORITHMS:
+    for algorithm in dict.fromkeys(record["algorithm"] for record in records):  # first-seen order
         group = [record for record in records if record["algorithm"] == algorithm]
-        if not group:
-            continue
         grid = np.unique(np.concatenate([np.asarray(record["frames"], dtype=float) for record in group]))
         stats = aggregate_curves([(record["frames"], record["returns"]) for record in group], grid)
         label = f"{algorithm} ({len(group)} seed{'s' if len(group) > 1 else ''})"
@@ -466,6 +495,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--task", nargs="+", choices=sorted(TASKS), help="default: cartpole halfcheetah ant")
     parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, help="default: all")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2")
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="WORD",
+        help="LABEL ALGORITHM OVERRIDE...: also run ALGORITHM with these Hydra overrides, reported as LABEL "
+        "(repeatable; e.g. --variant trudi_K4 trudi algorithm.actor.num_steps=4)",
+    )
     parser.add_argument("--out", type=Path, help=f"case directories (default {DEFAULT_OUT.relative_to(REPO)})")
     parser.add_argument("--resume", action="store_true", help="skip cases whose case.json says they finished")
     parser.add_argument(
@@ -487,8 +525,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         seeds = args.seeds or [0]
     else:
         tasks = [TASKS[key] for key in (args.task or ["cartpole", "halfcheetah", "ant"])]
-        algorithms = args.algorithms or list(ALGORITHMS)
+        algorithms = args.algorithms or ([] if args.variant else list(ALGORITHMS))
         seeds = args.seeds if args.seeds is not None else [0, 1, 2]
+    variants = {variant.label: variant for variant in map(Variant.parse, args.variant)}
+    algorithms = [*algorithms, *variants]
     if args.iterations is not None:
         tasks = [dataclasses.replace(task, iterations=args.iterations) for task in tasks]
     temporary = tempfile.TemporaryDirectory() if args.quick and args.out is None else None
@@ -509,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                         continue
                     if record is None:
                         print(f"running: {label} ({task.total_frames} frames)", flush=True)
-                        record = run_case(task, algorithm, seed, out, args.timeout)
+                        record = run_case(task, algorithm, seed, out, args.timeout, variants.get(algorithm))
                     else:
                         print(f"kept: {label}", flush=True)
                     if record["ok"]:

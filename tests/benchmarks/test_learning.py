@@ -143,6 +143,18 @@ def test_every_algorithm_gets_the_tasks_envs_and_frame_budget(learning, tmp_path
     assert str(tmp_path) not in display
 
 
+def test_a_variant_runs_its_algorithms_command_plus_its_overrides(learning, tmp_path):
+    variant = learning.Variant.parse(["trudi_K4", "trudi", "algorithm.actor.num_steps=4", "seed=7"])
+    assert variant == learning.Variant("trudi_K4", "trudi", ("algorithm.actor.num_steps=4", "seed=7"))
+    task = learning.TASKS["cartpole"]
+    plain = learning.case_command(task, "trudi", 0, tmp_path)
+    # Appended last, so that Hydra lets them win over the task's own overrides.
+    assert learning.case_command(task, "trudi", 0, tmp_path, variant.overrides) == [*plain, *variant.overrides]
+    for words in (["trudi_K4", "trudi"], ["x", "rsl_rl", "a=1"], ["x", "unknown", "a=1"]):
+        with pytest.raises(SystemExit, match="LABEL ALGORITHM OVERRIDE"):
+            learning.Variant.parse(words)
+
+
 @pytest.mark.slow
 def test_quick_json_has_one_record_per_case(tmp_path):
     output = tmp_path / "learning.json"
