@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +27,8 @@ from diffrl.training.distributed import DistributedContext, broadcast_object, in
 from diffrl.training.learning_curve import plot_learning_curve
 from diffrl.training.on_policy import OnPolicyTrainer
 from diffrl.training.run_directory import RunDirectory
-from diffrl.training.tracking import MLflowTracker, default_tracking_uri
+from diffrl.training.run_lock import RunLock
+from diffrl.training.tracking import MLflowTracker, default_tracking_uri, require_tracking_server
 
 logger = logging.getLogger("diffrl.training")
 
@@ -78,19 +81,32 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
         info_path = RunDirectory(run_dir).run_info
         if info_path.exists():
             run_info = json.loads(info_path.read_text())
-    if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.torch_threads is not None:
         if cfg.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1 or null, got {cfg.torch_threads}")
         torch.set_num_threads(cfg.torch_threads)
-    # Same initial weights on every rank (rank 0's are broadcast anyway); rank-own env streams.
-    torch.manual_seed(cfg.seed)
-    env = make_env(cfg.env, cfg.seed + context.rank, device=context.device(cfg.env.device))
-    try:  # a bad checkpoint or module config must not leave the (process-wide) simulation open
-        return _train(cfg, env, run_dir, resume, run_info, context)
+    if context.is_main and (cfg.logger.tracking_uri or run_info.get("tracking_uri")):
+        require_tracking_server(cfg.logger.tracking_uri or run_info["tracking_uri"])
+    # Rank 0 owns the directory for the run's life; a fresh run refuses another run's files.
+    lock = RunLock(RunDirectory(run_dir), resuming=resume is not None).acquire() if context.is_main else None
+    try:
+        # Same initial weights on every rank (rank 0's are broadcast anyway); rank-own env streams.
+        seed_everything(cfg.seed)
+        env = make_env(cfg.env, cfg.seed + context.rank, device=context.device(cfg.env.device))
+        try:  # a bad checkpoint or module config must not leave the (process-wide) simulation open
+            return _train(cfg, env, run_dir, resume, run_info, context)
+        finally:
+            env.close()
     finally:
-        env.close()
+        if lock is not None:
+            lock.release()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), NumPy's global generator and Python's ``random``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _train(
@@ -180,6 +196,7 @@ def _start_tracking(
         run_name=f"{cfg.algorithm.name}-{cfg.env.task}-seed{cfg.seed}",
         run_id=run_info.get("mlflow_run_id") if resume is not None else None,
         artifact_location=layout.mlflow_artifacts.resolve().as_uri() if not cfg.logger.tracking_uri else None,
+        buffer_path=layout.metrics_buffer,
     )
     layout.run_info.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri}))
     config_path = layout.config

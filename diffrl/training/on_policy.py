@@ -173,8 +173,10 @@ class OnPolicyTrainer:
     def train(self) -> list[dict[str, float]]:
         """Run until ``total_frames``; return every iteration's metrics, resumed ones included.
 
-        A crash or Ctrl-C writes a checkpoint of the last completed iteration before the
-        exception propagates, so nothing but the iteration in progress is lost.
+        A crash, Ctrl-C or SIGTERM checkpoints the last *completed* iteration exactly as it ended
+        (:meth:`RunState.mark_boundary <diffrl.training.run_state.RunState.mark_boundary>`), not the
+        iteration in progress, and re-raises the original exception: resuming from that checkpoint
+        continues as if the run had never stopped.
         """
         progress = self.progress
         bar = tqdm(
@@ -185,7 +187,6 @@ class OnPolicyTrainer:
             disable=not self.show_progress,
             dynamic_ncols=True,
         )
-        completed_since_save = 0
         try:
             rollouts = iter(self.collector)
             # The budget is checked before collecting: a rollout past it would move the envs,
@@ -204,7 +205,6 @@ class OnPolicyTrainer:
                 frames = batch.numel() * self.context.world_size
                 progress.iteration += 1
                 progress.frames += frames
-                completed_since_save += 1
                 metrics = {
                     **metrics,
                     "frames": float(progress.frames),
@@ -213,23 +213,28 @@ class OnPolicyTrainer:
                     "update_time": update_time,
                 }
                 progress.history.append(metrics)
+                self.run_state.mark_boundary()
                 if self.on_metrics is not None and self.context.is_main:
                     self.on_metrics(metrics, progress.iteration)
                 self._show(bar, metrics, frames)
                 if progress.iteration % self.checkpoint_every == 0:
                     self.run_state.save()
-                    completed_since_save = 0
-            if completed_since_save:  # before shutdown: the collector's carried step is saved too
+            if self.run_state.saved_iteration != progress.iteration:  # before shutdown: the carried step too
                 self.run_state.save()
-                completed_since_save = 0
         except BaseException:
-            if completed_since_save:
-                logger.warning("training interrupted: saving a checkpoint of the last completed iteration")
-                self.run_state.save(gather_ranks=False)  # the other ranks may be gone
+            if self.run_state.save_boundary() is not None:
+                logger.warning(
+                    "training stopped during iteration %d: checkpointed iteration %d as it ended",
+                    progress.iteration + 1,
+                    progress.iteration,
+                )
             raise
         finally:
             bar.close()
-            self.collector.shutdown(close_env=False)  # the env belongs to the caller
+            try:
+                self.collector.shutdown(close_env=False)  # the env belongs to the caller
+            except Exception:  # already shut down by the error being raised: keep that error
+                logger.debug("collector shutdown after a failure", exc_info=True)
         return progress.history
 
     def _check_rollout(self, batch: TensorDictBase) -> None:

@@ -40,7 +40,7 @@ class RolloutState:
         # The collector's own state_dict leaves runtime env state out on purpose.
         return {
             "rng": GlobalRNGState().state_dict(),
-            "carrier": collector_carried_step(self.collector).to_dict(),
+            "carrier": collector_carried_step(self.collector).clone().to_dict(),  # the collector reuses it
             "simulator": self.simulator.state_dict() if self.simulator is not None else None,
         }
 

@@ -20,6 +20,8 @@ class RunDirectory:
         <root>/policy.pt              the final actor and observation normalizer
         <root>/learning_curve.png     the learning curve
         <root>/export/                ONNX / TorchScript exports
+        <root>/.diffrl.lock           held by the training process (its PID inside)
+        <root>/metrics_buffer.jsonl   metrics kept while the MLflow store failed (sent at the end)
 
     Example:
         >>> RunDirectory("runs/x").checkpoint(25).name
@@ -77,3 +79,11 @@ class RunDirectory:
     @property
     def export(self) -> Path:
         return self.root / "export"
+
+    @property
+    def metrics_buffer(self) -> Path:
+        return self.root / "metrics_buffer.jsonl"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".diffrl.lock"

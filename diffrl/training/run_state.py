@@ -4,18 +4,28 @@ A checkpoint holds everything a run needs to continue as if never stopped: the u
 modules and optimizer (learning rate included), the observation statistics, the counters and
 metrics history (:class:`TrainingProgress`) and the :class:`~diffrl.training.rollout_state.RolloutState`
 (random generators, the collector's carried step, the simulator's state where the env exposes one).
+
+A run that stops mid-iteration (an exception, Ctrl-C, SIGTERM) must not checkpoint what it holds
+then: the envs have moved past the last update and the weights may be half-updated or
+non-finite. The loop therefore marks every completed iteration (:meth:`RunState.mark_boundary`,
+copies on the device), and a crash writes that copy (:meth:`RunState.save_boundary`): the exact
+state the next iteration started from, which resumes as if the run had never stopped.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from torchrl.checkpoint import Checkpoint, CheckpointError, CheckpointRotation
 
+from diffrl.numerics import NumericalError
 from diffrl.training import distributed as parallel
 from diffrl.training.checkpoint_files import verify_tensor_files
 from diffrl.training.distributed import DistributedContext
@@ -37,21 +47,62 @@ class TrainingProgress:
         self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self.recent_lengths: deque[float] = deque(maxlen=RECENT_EPISODES)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, serialize_history: bool = True) -> dict[str, Any]:
         return {
             "iteration": self.iteration,
             "frames": self.frames,
-            "history": json.dumps(self.history),
+            "history": json.dumps(self.history) if serialize_history else self.history,
             "recent_returns": list(self.recent_returns),
             "recent_lengths": list(self.recent_lengths),
         }
 
+    def copy(self) -> TrainingProgress:
+        """A copy that later iterations do not change (the history's entries are never modified)."""
+        duplicate = TrainingProgress()
+        duplicate.load_state_dict({**self.state_dict(serialize_history=False), "history": list(self.history)})
+        return duplicate
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
         self.frames = int(state["frames"])
-        self.history = json.loads(state["history"])
+        history = state["history"]
+        self.history = json.loads(history) if isinstance(history, str) else history
         self.recent_returns = deque(state["recent_returns"], maxlen=RECENT_EPISODES)
         self.recent_lengths = deque(state["recent_lengths"], maxlen=RECENT_EPISODES)
+
+
+class _BoundaryState:
+    """Stands in for a component in the boundary checkpoint: saves the state recorded at the last boundary."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], Any] | None = None
+
+    def state_dict(self) -> Any:
+        return self.read()
+
+    def load_state_dict(self, state: Any) -> None:  # pragma: no cover - a boundary is only ever saved
+        raise TypeError("a boundary state is written, never loaded: load the checkpoint into the live run")
+
+
+def _tensors(state: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of a (nested) state dict, with its dotted path."""
+    if isinstance(state, torch.Tensor):
+        yield prefix, state
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(state, (list, tuple)):
+        for index, value in enumerate(state):
+            yield from _tensors(value, f"{prefix}.{index}")
+
+
+def non_finite_entries(states: dict[str, Any]) -> list[str]:
+    """The floating-point tensors of ``states`` (name -> state dict) that hold NaN or inf; one host sync."""
+    floats = [(path, tensor) for path, tensor in _tensors(states) if tensor.is_floating_point() and tensor.numel()]
+    if not floats:
+        return []
+    finite = torch.stack([torch.isfinite(tensor).all().to("cpu", non_blocking=False) for _, tensor in floats])
+    return [path for (path, _), ok in zip(floats, finite.tolist(), strict=True) if not ok]
 
 
 class RunState:
@@ -87,25 +138,82 @@ class RunState:
         self.checkpoints = (
             CheckpointRotation(checkpoint_dir, keep_last=keep_checkpoints) if checkpoint_dir is not None else None
         )
+        self._boundary = {name: _BoundaryState() for name in self.checkpoint.components}
+        self._boundary_checkpoint = Checkpoint(**self._boundary)
+        self._boundary_step: int | None = None  # the iteration mark_boundary recorded last
+        self._boundary_metadata: dict[str, Any] = {}
+        self.saved_iteration = 0  # the iteration whose state is on disk (a fresh start needs no checkpoint)
 
-    def save(self, gather_ranks: bool = True) -> Path | None:
-        """Write a checkpoint (atomically; old ones rotated) and return its path (rank 0; others ``None``).
+    def _metadata(self) -> dict[str, Any]:
+        return {"frames": self.progress.frames, **self.sizes}
 
-        Every rank must call it (its rollout state is gathered) unless ``gather_ranks`` is false,
-        as after a crash, when rank 0 saves only its own.
+    @staticmethod
+    def _refuse_non_finite(states: dict[str, Any], what: str) -> None:
+        bad = non_finite_entries(states)
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise NumericalError(
+                f"{what} holds NaN/inf in {shown}: not written, so that the earlier checkpoints stay the run's "
+                "good state"
+            )
+
+    def mark_boundary(self) -> None:
+        """Record the state after a completed iteration (device copies, no host sync), for :meth:`save_boundary`."""
+        if self.checkpoints is None:
+            return
+        for name, component in self.checkpoint.components.items():
+            if component is self.progress:
+                self._boundary[name].read = self.progress.copy().state_dict
+            elif component is self.rollout:
+                ranks = [self.rollout.capture()]
+                self._boundary[name].read = lambda ranks=ranks: {"ranks": ranks}
+            else:
+                state = copy.deepcopy(component.state_dict())
+                self._boundary[name].read = lambda state=state: state
+        self._boundary_step, self._boundary_metadata = self.progress.iteration, self._metadata()
+
+    def save_boundary(self) -> Path | None:
+        """After a crash: checkpoint the last completed iteration as :meth:`mark_boundary` recorded it.
+
+        Writes nothing when that iteration is already checkpointed, or when no iteration completed,
+        or when its state is not finite (the message says so; earlier checkpoints are untouched).
+        This rank's rollout state only: the other ranks may be gone.
+        """
+        step = self._boundary_step
+        if self.checkpoints is None or step in (None, self.saved_iteration) or not self.context.is_main:
+            return None
+        states = {name: holder.state_dict() for name, holder in self._boundary.items()}
+        try:
+            self._refuse_non_finite(states, f"the state after iteration {step}")
+        except NumericalError as error:
+            logger.error("%s", error)
+            return None
+        path = self.checkpoints.save(self._boundary_checkpoint, step=step, metadata=self._boundary_metadata)
+        self.saved_iteration = step
+        logger.info("checkpoint of the last completed iteration written: %s", path)
+        return path
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the live state (atomically; old ones rotated) and return its path (rank 0).
+
+        Every rank must call it (its rollout state is gathered).
+        Non-finite weights, optimizer or normalizer state is a :class:`~diffrl.numerics.NumericalError`
+        and is not written (as with ``check_numerics=false`` and a diverged update).
         """
         if self.checkpoints is None:
             return None
         local = self.rollout.capture()
-        if self.context.is_distributed and gather_ranks:
+        if self.context.is_distributed:
             self.rollout.ranks = parallel.gather_objects(local, self.context.world_size)
         else:
             self.rollout.ranks = [local]
         if not self.context.is_main:
             return None
-        path = self.checkpoints.save(
-            self.checkpoint, step=self.progress.iteration, metadata={"frames": self.progress.frames, **self.sizes}
-        )
+        live = {name: component for name, component in self.checkpoint.components.items() if name != "progress"}
+        states = {name: component.state_dict() for name, component in live.items()}
+        self._refuse_non_finite(states, f"the checkpoint of iteration {self.progress.iteration}")
+        path = self.checkpoints.save(self.checkpoint, step=self.progress.iteration, metadata=self._metadata())
+        self.saved_iteration = self.progress.iteration
         logger.info("checkpoint written: %s", path)
         return path
 
@@ -125,6 +233,7 @@ class RunState:
             self.checkpoint.load(path)
         except (CheckpointError, RuntimeError, KeyError, ValueError, OSError) as error:
             raise ValueError(f"cannot resume from checkpoint {path}: {error}") from error
+        self.saved_iteration = self.progress.iteration
         logger.info("resumed from %s at iteration %d, %d frames", path, self.progress.iteration, self.progress.frames)
 
     def latest(self) -> Path | None:

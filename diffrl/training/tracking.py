@@ -1,12 +1,21 @@
-"""MLflow tracking of a training run: flattened params, per-iteration metrics, artifacts."""
+"""MLflow tracking of a training run: flattened params, per-iteration metrics, artifacts.
+
+Tracking never stops training: a store that is unreachable at the start is a one-line error
+before anything is built (:func:`require_tracking_server`); one that fails mid-run is reported
+once, the metrics go on into a local buffer file, and the buffer is sent when the run ends.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +37,56 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
         else:
             flat[name] = str(value)
     return flat
+
+
+# MLflow's own HTTP defaults retry for about 4 minutes per request; a training loop cannot wait that long.
+_SHORT_HTTP_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+@contextlib.contextmanager
+def _short_http_retries() -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in _SHORT_HTTP_RETRIES}
+    os.environ.update(_SHORT_HTTP_RETRIES)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def require_tracking_server(tracking_uri: str, timeout: float = 15.0) -> None:
+    """A :class:`ValueError` within ``timeout`` seconds if the tracking store cannot be used.
+
+    ``http(s)://``: the MLflow server's ``/health`` must answer; ``sqlite:///``: the database's
+    directory must exist. Other schemes are left to MLflow.
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        deadline, reason = time.monotonic() + timeout, ""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=min(5.0, timeout)):
+                    return
+            except (urllib.error.URLError, OSError) as error:
+                reason = str(getattr(error, "reason", error))
+                time.sleep(1.0)
+        raise ValueError(
+            f"logger.tracking_uri={tracking_uri}: no MLflow server answered within {timeout:.0f} s ({reason}); "
+            "start it (mlflow server ...) or leave logger.tracking_uri unset to track into the run directory"
+        )
+    if tracking_uri.startswith("sqlite:///"):
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not database.parent.is_dir():
+            raise ValueError(
+                f"logger.tracking_uri={tracking_uri}: the directory {database.parent} does not exist "
+                "(sqlite:////abs/path/mlflow.db for an absolute path)"
+            )
 
 
 def default_tracking_uri(run_dir: str | Path) -> str:
@@ -60,9 +119,12 @@ class MLflowTracker:
         run_name: str | None = None,
         run_id: str | None = None,
         artifact_location: str | None = None,
+        buffer_path: str | Path | None = None,
     ) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
+        self.buffer_path = Path(buffer_path) if buffer_path is not None else None
+        self._buffered: list[Metric] | None = None  # a list once the store has failed
         if run_id is not None:
             self.run_id = run_id
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -86,9 +148,51 @@ class MLflowTracker:
             self.client.set_tag(self.run_id, key, value)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """One batched write; if the store fails, a warning once, then the metrics go to the buffer file."""
         timestamp = int(time.time() * 1000)
         batch = [Metric(key, float(value), timestamp, step) for key, value in metrics.items() if math.isfinite(value)]
-        self.client.log_batch(self.run_id, metrics=batch)
+        if self._buffered is None:
+            try:
+                with _short_http_retries():
+                    self.client.log_batch(self.run_id, metrics=batch)
+                return
+            except Exception as error:  # MlflowException, connection errors: tracking must not end the run
+                self._buffered = []
+                logger.warning(
+                    "MLflow at %s failed (%s): training goes on; metrics are buffered%s and sent when the run ends",
+                    self.tracking_uri,
+                    str(error).splitlines()[0][:200],
+                    f" in {self.buffer_path}" if self.buffer_path is not None else "",
+                )
+        self._buffered.extend(batch)
+        if self.buffer_path is not None:
+            with self.buffer_path.open("a") as buffer:
+                for metric in batch:
+                    record = {"key": metric.key, "value": metric.value, "timestamp": metric.timestamp, "step": step}
+                    buffer.write(json.dumps(record) + "\n")
+
+    def _send_buffered(self) -> bool:
+        """Replay the buffered metrics; ``True`` when nothing is left to send."""
+        if not self._buffered:
+            return True
+        try:
+            with _short_http_retries():
+                for start in range(0, len(self._buffered), 1000):  # MLflow's batch limit
+                    self.client.log_batch(self.run_id, metrics=self._buffered[start : start + 1000])
+        except Exception as error:  # still unreachable: the buffer file keeps them
+            logger.warning(
+                "MLflow at %s still fails (%s): %d buffered metric values stay in %s",
+                self.tracking_uri,
+                str(error).splitlines()[0][:200],
+                len(self._buffered),
+                self.buffer_path,
+            )
+            return False
+        logger.info("sent %d buffered metric values to MLflow", len(self._buffered))
+        self._buffered = None
+        if self.buffer_path is not None:
+            self.buffer_path.unlink(missing_ok=True)
+        return True
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
@@ -98,5 +202,7 @@ class MLflowTracker:
             self.client.log_artifact(self.run_id, os.fspath(path), artifact_path=artifact_path)
 
     def finish(self, status: str = "FINISHED") -> None:
-        """End the run with ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        """Send what was buffered and end the run with ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        if not self._send_buffered():
+            return
         self.client.set_terminated(self.run_id, status=status)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,36 @@ def test_two_torchrun_ranks_log_once_count_both_and_resume(tmp_path):
     client, run_id = mlflow_run(tmp_path)
     assert client.get_run(run_id).info.status == "FINISHED"
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1, "rank 1 tracked nothing"
+
+
+def refused(command: list[str]) -> str:
+    """The recipe's output when it exits with a configuration error (status 2, one line, no traceback)."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=os.environ.copy())
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "Traceback" not in output
+    return output
+
+
+@pytest.mark.slow
+def test_a_fresh_run_in_a_finished_runs_directory_is_refused_and_leaves_it_intact(tmp_path):
+    run([sys.executable, *recipe_command(tmp_path, f"collector.total_frames={NUM_ENVS * STEPS}")])
+    before = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
+    latest = tmp_path / "checkpoints" / "checkpoint-000000000001"
+    output = refused([sys.executable, *recipe_command(tmp_path, f"collector.total_frames={2 * NUM_ENVS * STEPS}")])
+    assert f"already holds another run (MLflow run {mlflow_run(tmp_path)[1]})" in output
+    assert f"resume it with resume={latest}" in output
+    after = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
+    changed = {path.name for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
+    assert changed <= {"recipe.log", ".diffrl.lock"}, changed  # Hydra's log appends; nothing else moves
+
+
+@pytest.mark.slow
+def test_an_unreachable_tracking_server_is_one_line_before_the_env_is_built(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{probe.getsockname()[1]}"  # nothing listens once the probe closes
+    output = refused([sys.executable, *recipe_command(tmp_path, f"logger.tracking_uri={uri}")])
+    assert f"logger.tracking_uri={uri}: no MLflow server answered within 15 s" in output
+    assert "sync copies" not in output, "the env was built before the tracking store was checked"
+    assert not (tmp_path / "checkpoints").exists()

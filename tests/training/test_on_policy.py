@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from diffrl.modules import DIMEActor, GenPOActor, GenPOFlow, HLGaussQValue, make
 from diffrl.numerics import NumericalError
 from diffrl.objectives import GenPOLoss, TruDiLoss
 from diffrl.training import OnPolicyTrainer, PathwiseUpdate, PPOUpdate
+from diffrl.training.experiment import _raise_keyboard_interrupt
 
 NUM_ENVS, STEPS = 4, 16
 
@@ -115,6 +117,16 @@ def test_corrupted_or_missing_checkpoint_is_a_clear_error(tmp_path):
 TIMINGS = {"frames_per_second", "collection_time", "update_time"}
 
 
+def assert_same_histories(uninterrupted: list[dict[str, float]], continued: list[dict[str, float]]) -> None:
+    """Every metric of every iteration bit-identical (timings aside; NaN before the first episode equals NaN)."""
+    assert len(continued) == len(uninterrupted)
+    for straight, split in zip(uninterrupted, continued, strict=True):
+        assert straight.keys() == split.keys()
+        for key in straight.keys() - TIMINGS:
+            same = straight[key] == split[key] or (math.isnan(straight[key]) and math.isnan(split[key]))
+            assert same, (straight["frames"], key, straight[key], split[key])
+
+
 @pytest.mark.parametrize("family", ["ppo", "pathwise"])
 def test_resumed_run_reproduces_the_uninterrupted_run_exactly(tmp_path, family):
     # 20-step episodes over 16-step rollouts: the resume lands mid-episode, so the simulator
@@ -131,12 +143,71 @@ def test_resumed_run_reproduces_the_uninterrupted_run_exactly(tmp_path, family):
     resumed.load_checkpoint(first.run_state.checkpoints.latest())
     continued = resumed.train()
 
-    assert len(continued) == len(uninterrupted) == 5
-    for straight, split in zip(uninterrupted, continued, strict=True):
-        assert straight.keys() == split.keys()
-        for key in straight.keys() - TIMINGS:  # bit-identical; NaN (no episode finished yet) equals NaN
-            same = straight[key] == split[key] or (math.isnan(straight[key]) and math.isnan(split[key]))
-            assert same, (straight["frames"], key, straight[key], split[key])
+    assert_same_histories(uninterrupted, continued)
+
+
+class FailAtStep(Transform):
+    """Fails at the env's ``step``-th step: an exception, or a real SIGTERM to this process."""
+
+    def __init__(self, step: int, failure: str) -> None:
+        super().__init__()
+        self.step, self.failure, self.steps = step, failure, 0
+
+    def _step(self, tensordict, next_tensordict):
+        self.steps += 1
+        if self.steps == self.step:
+            if self.failure == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                raise RuntimeError("the simulator lost its GPU context")
+        return next_tensordict
+
+
+def fail_in_the_update(trainer: OnPolicyTrainer, call: int) -> None:
+    """Makes the loss raise at its ``call``-th minibatch, after earlier minibatches stepped the optimizer."""
+    loss = trainer.update.loss_module
+    forward, calls = loss.forward, [0]
+
+    def failing_forward(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == call:
+            raise KeyboardInterrupt("Ctrl-C during the update")
+        return forward(*args, **kwargs)
+
+    loss.forward = failing_forward
+
+
+@pytest.mark.parametrize("where", ["update", "collection", "sigterm"])
+def test_a_run_stopped_mid_iteration_checkpoints_the_last_completed_one_and_resumes_exactly(tmp_path, where):
+    # Stopped in iteration 4, when the envs have moved past iteration 3's update and (in the
+    # update) two of four minibatch steps have changed the weights: the checkpoint must hold
+    # iteration 3 as it ended, and a resume from it must reproduce the uninterrupted run.
+    total = 5 * NUM_ENVS * STEPS
+    uninterrupted = make_trainer(tmp_path / "straight", total_frames=total).train()
+
+    stopped = make_trainer(tmp_path / "split", total_frames=total, keep_checkpoints=1)
+    if where == "update":
+        fail_in_the_update(stopped, call=3 * 4 + 3)  # 2 epochs x 2 minibatches per iteration
+        expected = pytest.raises(KeyboardInterrupt, match="during the update")
+    else:
+        stopped.env.append_transform(FailAtStep(3 * STEPS + 5, where))
+        # The simulator's own error reaches the user (not the collector's shutdown), SIGTERM as Ctrl-C.
+        if where == "collection":
+            expected = pytest.raises(RuntimeError, match="lost its GPU context")
+        else:
+            expected = pytest.raises(KeyboardInterrupt, match="signal SIGTERM")
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        with expected:
+            stopped.train()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    checkpoints = stopped.run_state.checkpoints.checkpoints()
+    assert [path.name for path in checkpoints] == ["checkpoint-000000000003"]  # keep=1 kept the good one
+
+    resumed = make_trainer(tmp_path / "split", total_frames=total)
+    resumed.load_checkpoint(checkpoints[-1])
+    assert_same_histories(uninterrupted, resumed.train())
 
 
 def test_resume_without_simulator_state_restarts_episodes_and_says_so(tmp_path, caplog):
@@ -158,8 +229,13 @@ from test_on_policy import make_trainer
 
 
 class KilledWhileSaving:
-    def state_dict(self):  # written last (components are saved in name order): the rest is on disk
-        os.kill(os.getpid(), signal.SIGKILL)
+    calls = 0
+
+    def state_dict(self):  # read first by the finite check, then written last (name order): the rest is on disk
+        KilledWhileSaving.calls += 1
+        if KilledWhileSaving.calls == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return dict()
 
     def load_state_dict(self, state):
         pass
@@ -231,14 +307,20 @@ def test_a_nan_reward_is_named_with_its_env_before_any_update(tmp_path):
     assert any(not torch.equal(b, a) for b, a in zip(before, after_first, strict=True))
 
 
-def test_checks_off_lets_the_run_go_on(tmp_path):
-    trainer = make_trainer(tmp_path, total_frames=2 * NUM_ENVS * STEPS, check_numerics=False)
+def test_checks_off_lets_the_run_go_on_but_never_checkpoints_non_finite_weights(tmp_path, caplog):
+    trainer = make_trainer(tmp_path, total_frames=3 * NUM_ENVS * STEPS, check_numerics=False)
     trainer.env.append_transform(NaNRewardForEnv(index=0, after=STEPS + 3))
-    trainer.train()  # no check: the NaN reaches the update (and the weights), as asked
+    # No check: the NaN reaches the update and the weights, as asked; the checkpoint is refused.
+    with (
+        caplog.at_level("ERROR", logger="diffrl.training"),
+        pytest.raises(NumericalError, match=r"the checkpoint of iteration 2 holds NaN/inf in .*not written"),
+    ):
+        trainer.train()
     assert trainer.progress.iteration == 2
+    assert "the state after iteration 2 holds NaN/inf" in caplog.text  # nor is the crash checkpoint written
+    assert trainer.run_state.latest() is None
 
 
-@pytest.mark.slow
 def test_compiled_collection_trains_and_the_compiled_policy_equals_the_eager_one(tmp_path):
     from tensordict import TensorDict
     from torchrl.envs.utils import ExplorationType, set_exploration_type

@@ -1,0 +1,98 @@
+"""MLflowTracker against a real MLflow server: fail fast when it is down at the start, go on when it dies mid-run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from diffrl.training.tracking import MLflowTracker, require_tracking_server
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(store: Path, port: int) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store / 'mlflow.db'}",
+            "--default-artifact-root",
+            str(store / "art"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the server's workers die with it
+    )
+    require_tracking_server(f"http://127.0.0.1:{port}", timeout=120)
+    return server
+
+
+def stop(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+
+
+def test_an_unreachable_server_is_one_error_within_the_timeout():
+    uri = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=rf"logger.tracking_uri={uri}: no MLflow server answered within 3 s"):
+        require_tracking_server(uri, timeout=3)
+    assert time.monotonic() - start < 10
+
+
+def test_a_sqlite_store_in_a_missing_directory_is_named(tmp_path):
+    with pytest.raises(ValueError, match=rf"the directory {tmp_path}/missing does not exist"):
+        require_tracking_server(f"sqlite:///{tmp_path}/missing/mlflow.db")
+    require_tracking_server(f"sqlite:///{tmp_path}/mlflow.db")  # an existing directory is fine
+
+
+@pytest.mark.slow
+def test_a_server_that_dies_mid_run_costs_a_warning_and_the_metrics_arrive_at_the_end(tmp_path, caplog):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(tmp_path, port)
+    buffer = tmp_path / "metrics_buffer.jsonl"
+    try:
+        tracker = MLflowTracker(uri, experiment="dies", run_name="t", buffer_path=buffer)
+        tracker.log_metrics({"episode_return": 1.0}, step=1)
+        stop(server)
+        start = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="diffrl.training"):
+            for step in (2, 3):
+                tracker.log_metrics({"episode_return": float(step)}, step=step)
+        assert time.monotonic() - start < 60  # MLflow's own retries would block for minutes
+        assert caplog.text.count("training goes on") == 1
+        assert len(buffer.read_text().splitlines()) == 2
+
+        server = start_server(tmp_path, port)  # back before the run ends
+        tracker.finish()
+        history = MlflowClient(uri).get_metric_history(tracker.run_id, "episode_return")
+        assert sorted((metric.step, metric.value) for metric in history) == [(1, 1.0), (2, 2.0), (3, 3.0)]
+        assert MlflowClient(uri).get_run(tracker.run_id).info.status == "FINISHED"
+        assert not buffer.exists()
+    finally:
+        stop(server)
