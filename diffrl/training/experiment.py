@@ -28,6 +28,7 @@ from diffrl.training.learning_curve import plot_learning_curve
 from diffrl.training.on_policy import OnPolicyTrainer
 from diffrl.training.run_directory import RunDirectory
 from diffrl.training.run_lock import RunLock
+from diffrl.training.run_state import TrainingProgress
 from diffrl.training.tracking import MLflowTracker, default_tracking_uri, require_tracking_server
 
 logger = logging.getLogger("diffrl.training")
@@ -53,6 +54,14 @@ def _check_device(device: str) -> None:
         raise ValueError(f"env.device={device!r} but no CUDA device is available here; use env.device=cpu")
 
 
+def _check_counts(cfg: DictConfig) -> None:
+    """The counts a run needs are positive integers: one line naming the setting, before anything is built."""
+    for key in ("collector.steps_per_env", "collector.total_frames", "checkpoint.every", "checkpoint.keep"):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r}: must be a positive integer")
+
+
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
@@ -70,6 +79,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
     directory is used, and only rank 0 writes files and tracks to MLflow.
     """
     _check_device(cfg.env.device)
+    _check_counts(cfg)
     context = init_distributed(cfg.env.device)
     run_dir = Path(broadcast_object(str(run_dir)) if context.is_distributed else run_dir)
     resume = Path(cfg.resume) if cfg.resume else None
@@ -149,10 +159,11 @@ def _train(
         distributed=context,
         check_numerics=cfg.check_numerics,
         cudagraph_policy=cfg.cudagraphs,
+        identity={"algorithm": cfg.algorithm.name, "task": cfg.env.task},
     )
     if resume is not None:
         trainer.load_checkpoint(resume)
-    tracker = _start_tracking(cfg, env, run_dir, resume, run_info) if context.is_main else None
+    tracker = _start_tracking(cfg, env, run_dir, resume, run_info, trainer.progress) if context.is_main else None
     if tracker is not None:
         trainer.on_metrics = tracker.log_metrics
 
@@ -185,7 +196,12 @@ def _train(
 
 
 def _start_tracking(
-    cfg: DictConfig, env: EnvBase, run_dir: Path, resume: Path | None, run_info: dict[str, str]
+    cfg: DictConfig,
+    env: EnvBase,
+    run_dir: Path,
+    resume: Path | None,
+    run_info: dict[str, str],
+    progress: TrainingProgress,
 ) -> MLflowTracker:
     """Open (or, on resume, reopen) the run's MLflow run and record the config; rank 0 only."""
     layout = RunDirectory(run_dir)
@@ -197,12 +213,15 @@ def _start_tracking(
         run_id=run_info.get("mlflow_run_id") if resume is not None else None,
         artifact_location=layout.mlflow_artifacts.resolve().as_uri() if not cfg.logger.tracking_uri else None,
         buffer_path=layout.metrics_buffer,
+        resume_iteration=progress.iteration if resume is not None else None,
     )
     layout.run_info.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri}))
     config_path = layout.config
     config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     assets = getattr(env, "isaaclab_assets", None)
-    if resume is None:
+    if tracker.replaced_run_id is not None:  # the new run carries the whole curve up to the checkpoint
+        tracker.log_history(progress.history)
+    if resume is None or tracker.replaced_run_id is not None:
         tracker.log_params(OmegaConf.to_container(cfg, resolve=True))
         if assets is not None:  # official or offline, and how each stand-in and config change differs
             tracker.log_params({"assets": dataclasses.asdict(assets)})

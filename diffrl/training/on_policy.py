@@ -70,6 +70,8 @@ class OnPolicyTrainer:
             rollout and per update); ``False`` skips the checks.
         compile_policy, cudagraph_policy: passed to TorchRL's ``Collector`` (``torch.compile`` of the
             collecting policy; CUDA-graph capture of it, CUDA only).
+        identity: what the run is, recorded in its checkpoints (``{"algorithm": ..., "task": ...}``):
+            resuming a checkpoint of another identity is refused by name.
 
     Example:
         >>> from torchrl.objectives import ClipPPOLoss
@@ -100,6 +102,7 @@ class OnPolicyTrainer:
         check_numerics: bool = True,
         compile_policy: bool = False,
         cudagraph_policy: bool = False,
+        identity: dict[str, str] | None = None,
     ) -> None:
         if not has_episode_statistics(env):
             raise ValueError(
@@ -155,6 +158,7 @@ class OnPolicyTrainer:
             components,
             rollout_state,
             sizes=sizes,
+            identity=identity,
             checkpoint_dir=checkpoint_dir,
             keep_checkpoints=keep_checkpoints,
             distributed=self.context,

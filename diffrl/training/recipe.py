@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,27 @@ def run_from_hydra(cfg: DictConfig) -> None:
     )
 
 
+def unusable_path_override(overrides: list[str]) -> str | None:
+    """What is wrong with a ``resume=`` or ``hydra.run.dir=`` override (``None``: nothing).
+
+    Hydra creates the run directory before the run starts, so a missing checkpoint or an
+    uncreatable directory is caught here first: one line, and no directory left behind.
+    """
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key == "resume" and value not in ("", "null") and not Path(value).exists():
+            return f"resume={value}: no such checkpoint"
+        if key == "hydra.run.dir" and value:
+            ancestor = Path(value).absolute()
+            while not ancestor.exists():
+                ancestor = ancestor.parent
+            try:  # permissions alone do not tell (root, read-only mounts, /proc)
+                Path(tempfile.mkdtemp(prefix=".diffrl-probe-", dir=ancestor)).rmdir()
+            except OSError as error:
+                return f"hydra.run.dir={value}: cannot be created ({ancestor}: {error.strerror or error})"
+    return None
+
+
 def recipe_main(config_name: str, config_dir: str | Path) -> Callable[[], None]:
     """The Hydra entry point of a recipe: ``main = recipe_main("genpo_isaaclab", Path(__file__).parent / "config")``."""
     register_configs()
@@ -84,4 +106,11 @@ def recipe_main(config_name: str, config_dir: str | Path) -> Callable[[], None]:
     def main(cfg: DictConfig) -> None:
         run_from_hydra(cfg)
 
-    return main
+    def checked_main() -> None:
+        problem = unusable_path_override(sys.argv[1:])
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
+        main()
+
+    return checked_main

@@ -113,6 +113,8 @@ class RunState:
         rollout_state: the per-rank rollout state (gathered from every rank before rank 0 saves).
         sizes: recorded in every checkpoint's metadata (``obs_dim``, ``action_dim``), so that a
             policy can be rebuilt from one (:mod:`diffrl.deploy.policy_loading`).
+        identity: what the run is (e.g. ``{"algorithm": "genpo", "task": "Isaac-Cartpole"}``), recorded in
+            every checkpoint's metadata; :meth:`load` refuses a checkpoint of another identity.
         checkpoint_dir: where rotated checkpoints go (``None``: no checkpoints).
         keep_checkpoints: how many recent checkpoints to keep.
         distributed: this process's place in a ``torchrun`` launch.
@@ -124,6 +126,7 @@ class RunState:
         rollout_state: RolloutState,
         *,
         sizes: dict[str, int],
+        identity: dict[str, str] | None = None,
         checkpoint_dir: str | Path | None = None,
         keep_checkpoints: int = 3,
         distributed: DistributedContext | None = None,
@@ -133,6 +136,7 @@ class RunState:
         self.progress = TrainingProgress()
         self.rollout = rollout_state
         self.sizes = sizes
+        self.identity = dict(identity or {})
         self.context = distributed or DistributedContext()
         self.checkpoint = Checkpoint(progress=self.progress, rollout=rollout_state, **components)
         self.checkpoints = (
@@ -145,7 +149,7 @@ class RunState:
         self.saved_iteration = 0  # the iteration whose state is on disk (a fresh start needs no checkpoint)
 
     def _metadata(self) -> dict[str, Any]:
-        return {"frames": self.progress.frames, **self.sizes}
+        return {"frames": self.progress.frames, **self.sizes, **self.identity}
 
     @staticmethod
     def _refuse_non_finite(states: dict[str, Any], what: str) -> None:
@@ -228,6 +232,7 @@ class RunState:
             raise ValueError(f"checkpoint {path} does not exist")
         if not Checkpoint.is_checkpoint(path):
             raise ValueError(f"{path} is not a TorchRL checkpoint (no readable manifest): corrupted or wrong path")
+        self._refuse_other_identity(path)
         try:
             verify_tensor_files(path)
             self.checkpoint.load(path)
@@ -235,6 +240,25 @@ class RunState:
             raise ValueError(f"cannot resume from checkpoint {path}: {error}") from error
         self.saved_iteration = self.progress.iteration
         logger.info("resumed from %s at iteration %d, %d frames", path, self.progress.iteration, self.progress.frames)
+
+    def _refuse_other_identity(self, path: Path) -> None:
+        """A checkpoint of another algorithm or task is named as such (not as missing or mismatched weights)."""
+        try:
+            recorded = Checkpoint.manifest(path).get("metadata", {})
+        except (CheckpointError, OSError, ValueError) as error:
+            raise ValueError(f"cannot resume from checkpoint {path}: unreadable manifest ({error})") from error
+        differing = {
+            key: (recorded[key], wanted)
+            for key, wanted in self.identity.items()
+            if key in recorded and recorded[key] != wanted
+        }
+        if differing:
+            theirs = ", ".join(f"{key} {value[0]!r}" for key, value in differing.items())
+            ours = ", ".join(f"{key} {value[1]!r}" for key, value in differing.items())
+            raise ValueError(
+                f"cannot resume from checkpoint {path}: it is a run of {theirs}, and this run is {ours}; resume it "
+                "with the recipe and task it was trained with"
+            )
 
     def latest(self) -> Path | None:
         """The newest checkpoint (``None`` without checkpoints)."""

@@ -98,7 +98,10 @@ class MLflowTracker:
     """One MLflow run, written through ``MlflowClient`` (no global MLflow state).
 
     Metrics of one iteration go in one batched write. ``run_id`` continues an existing run
-    (resume); otherwise a new run is created in ``experiment``.
+    (resume); otherwise a new run is created in ``experiment``. A resume at ``resume_iteration``
+    of a run that logged later iterations (it was killed after its last checkpoint) would log
+    those steps twice: that run is closed as ``KILLED`` and a new one, tagged
+    ``diffrl.resumed_from``, takes over (:attr:`replaced_run_id`; the caller replays the history).
 
     Example:
         >>> import tempfile
@@ -120,12 +123,28 @@ class MLflowTracker:
         run_id: str | None = None,
         artifact_location: str | None = None,
         buffer_path: str | Path | None = None,
+        resume_iteration: int | None = None,
     ) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.buffer_path = Path(buffer_path) if buffer_path is not None else None
         self._buffered: list[Metric] | None = None  # a list once the store has failed
-        if run_id is not None:
+        self.replaced_run_id: str | None = None
+        if run_id is not None and self._logged_beyond(run_id, resume_iteration):
+            previous = self.client.get_run(run_id).info
+            if previous.status == RunStatus.to_string(RunStatus.RUNNING):  # its process died without a word
+                self.client.set_terminated(run_id, status="KILLED")
+            self.run_id = self.client.create_run(
+                previous.experiment_id, run_name=previous.run_name, tags={"diffrl.resumed_from": run_id}
+            ).info.run_id
+            self.replaced_run_id = run_id
+            logger.warning(
+                "MLflow run %s logged iterations past %d, the checkpoint resumed from: continuing in a new run %s",
+                run_id,
+                resume_iteration,
+                self.run_id,
+            )
+        elif run_id is not None:
             self.run_id = run_id
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         else:
@@ -137,6 +156,23 @@ class MLflowTracker:
             )
             self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
         logger.info("MLflow run %s in %s", self.run_id, tracking_uri)
+
+    def _logged_beyond(self, run_id: str, iteration: int | None) -> bool:
+        if iteration is None:
+            return False
+        return any(metric.step > iteration for metric in self.client.get_metric_history(run_id, "frames"))
+
+    def log_history(self, history: list[Mapping[str, float]]) -> None:
+        """Iterations ``1..len(history)`` in batched writes (a run that takes over from a replaced one)."""
+        timestamp = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), timestamp, step)
+            for step, entry in enumerate(history, start=1)
+            for key, value in entry.items()
+            if math.isfinite(value)
+        ]
+        for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 
     def log_params(self, config: Mapping[str, Any]) -> None:
         params = [Param(key, value[:6000]) for key, value in flatten_config(config).items()]

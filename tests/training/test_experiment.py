@@ -130,3 +130,22 @@ def test_an_unreachable_tracking_server_is_one_line_before_the_env_is_built(tmp_
     assert f"logger.tracking_uri={uri}: no MLflow server answered within 15 s" in output
     assert "sync copies" not in output, "the env was built before the tracking store was checked"
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("resume={tmp}/nowhere/checkpoints/checkpoint-000000000001", "resume={tmp}/nowhere/checkpoints/"),
+        ("hydra.run.dir=/proc/diffrl-run", "hydra.run.dir=/proc/diffrl-run: cannot be created"),
+        ("checkpoint.every=0", "checkpoint.every=0: must be a positive integer"),
+    ],
+)
+def test_a_bad_path_or_count_is_one_line_and_leaves_no_directory(tmp_path, override, message):
+    run_dir = tmp_path / "run"
+    override, message = override.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    output = refused([sys.executable, *recipe_command(run_dir, override)])
+    assert message in output
+    assert "sync copies" not in output, "the env was built before the setting was checked"
+    assert not (tmp_path / "nowhere").exists()
+    assert not (run_dir / "checkpoints").exists()

@@ -273,6 +273,14 @@ def test_an_incompatible_checkpoint_is_a_clear_error(tmp_path):
         other.load_checkpoint(latest)
 
 
+def test_a_checkpoint_of_another_algorithm_or_task_is_refused_by_name(tmp_path):
+    trainer = make_trainer(tmp_path, total_frames=NUM_ENVS * STEPS, identity={"algorithm": "ppo", "task": "Hopper-v5"})
+    trainer.train()
+    other = make_trainer(tmp_path / "other", total_frames=1, identity={"algorithm": "genpo", "task": "Hopper-v5"})
+    with pytest.raises(ValueError, match="it is a run of algorithm 'ppo', and this run is algorithm 'genpo'"):
+        other.load_checkpoint(trainer.run_state.latest())
+
+
 class NaNRewardForEnv(Transform):
     """Makes env ``index``'s reward NaN from the ``after``-th step on (a broken reward term)."""
 

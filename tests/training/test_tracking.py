@@ -96,3 +96,25 @@ def test_a_server_that_dies_mid_run_costs_a_warning_and_the_metrics_arrive_at_th
         assert not buffer.exists()
     finally:
         stop(server)
+
+
+def test_a_resume_behind_the_runs_last_logged_step_continues_in_a_new_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    killed = MLflowTracker(uri, experiment="resume", run_name="r")
+    for step in range(1, 6):  # then kill -9: the run stays RUNNING, its last checkpoint was iteration 3
+        killed.log_metrics({"frames": 10.0 * step}, step=step)
+
+    resumed = MLflowTracker(uri, experiment="resume", run_id=killed.run_id, resume_iteration=3)
+    client = MlflowClient(uri)
+    assert resumed.replaced_run_id == killed.run_id != resumed.run_id
+    assert client.get_run(killed.run_id).info.status == "KILLED"
+    assert client.get_run(resumed.run_id).data.tags["diffrl.resumed_from"] == killed.run_id
+    resumed.log_history([{"frames": 10.0 * step} for step in range(1, 4)])
+    resumed.log_metrics({"frames": 40.0}, step=4)
+    frames = sorted((metric.step, metric.value) for metric in client.get_metric_history(resumed.run_id, "frames"))
+    assert frames == [(1, 10.0), (2, 20.0), (3, 30.0), (4, 40.0)]  # each step once
+
+    # A resume at the last logged step (SIGTERM, Ctrl-C) continues the same run.
+    again = MLflowTracker(uri, experiment="resume", run_id=resumed.run_id, resume_iteration=4)
+    assert again.run_id == resumed.run_id and again.replaced_run_id is None
+    assert client.get_run(resumed.run_id).info.status == "RUNNING"
