@@ -43,6 +43,8 @@ class _FiniteRecord:
     input_magnitudes: torch.Tensor  # max |·| of each input of that sample [num_inputs]
     input_names: list[str]
     sample_key: NestedKey | None
+    index_names: tuple[str, ...] | None = None  # the batch dimensions a flat index unravels into
+    index_shape: tuple[int, ...] | None = None
     calls: int = 1
 
 
@@ -90,10 +92,20 @@ class NumericsMonitor:
         what: str,
         tensordict: TensorDictBase | None = None,
         sample_key: NestedKey | None = None,
+        index_names: tuple[str, ...] | None = None,
     ) -> None:
-        """Every entry of ``value`` [N, ...] is finite; the failing sample's inputs come from ``tensordict``."""
+        """Every entry of ``value`` [N, ...] is finite; the failing sample's inputs come from ``tensordict``.
+
+        With ``index_names`` (e.g. ``("env", "step")``), ``value`` is [*batch, ...] over that many
+        leading dimensions, and the message names the first failing sample by each of them.
+        """
         if not self.enabled:
             return
+        index_shape = None
+        if index_names is not None:
+            index_shape = tuple(value.shape[: len(index_names)])
+            value = value.flatten(0, len(index_names) - 1)
+            tensordict = tensordict.reshape(-1) if tensordict is not None else None
         bad = ~torch.isfinite(value.detach())
         per_sample = bad.reshape(bad.shape[0], -1).any(-1) if bad.ndim else bad.reshape(1)
         failed = per_sample.sum()
@@ -102,7 +114,15 @@ class NumericsMonitor:
         record = self._finite.get(what)
         if record is None or record.input_names != names:
             self._finite[what] = record = _FiniteRecord(
-                failed, per_sample.numel(), first, torch.zeros_like(first), magnitudes, names, sample_key
+                failed,
+                per_sample.numel(),
+                first,
+                torch.zeros_like(first),
+                magnitudes,
+                names,
+                sample_key,
+                index_names,
+                index_shape,
             )
         else:
             keep_earlier = record.failed > 0
@@ -162,7 +182,16 @@ def _input_magnitudes(
 
 
 def _finite_message(what: str, record: _FiniteRecord, failed: int) -> str:
-    where = f"first at index {int(record.first_index)}"
+    index = int(record.first_index)
+    if record.index_names is not None:
+        position = []
+        for size in reversed(record.index_shape):
+            index, within = divmod(index, size)
+            position.append(within)
+        named = zip(record.index_names, reversed(position), strict=True)
+        where = "first at " + ", ".join(f"{name} {value}" for name, value in named)
+    else:
+        where = f"first at index {index}"
     if record.calls > 1:
         where += f" of check {int(record.first_call) + 1} of {record.calls} this iteration"
     if record.sample_key is not None:

@@ -52,3 +52,13 @@ def test_off_checks_nothing_and_a_clean_deferred_run_passes():
     monitor.raise_if_failed()
     with pytest.raises(ValueError, match="numerics mode"):
         NumericsMonitor("sometimes")
+
+
+def test_index_names_unravel_the_first_failure_into_its_batch_dimensions():
+    value = torch.zeros(3, 5, 2)
+    value[2, 4, 1] = float("nan")  # the later one in flat order
+    value[1, 3, 0] = float("inf")  # flat sample 1 * 5 + 3 = 8: the first
+    monitor = NumericsMonitor("deferred")
+    monitor.require_finite(value, "action", index_names=("env", "step"))
+    with pytest.raises(NumericalError, match=r"action is not finite for 2 of 15 samples; first at env 1, step 3;"):
+        monitor.raise_if_failed()

@@ -6,6 +6,7 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.envs import VecNormV2
 
+from diffrl.numerics import NumericsMonitor
 from diffrl.torchrl_compat import vecnorm_normalize, vecnorm_statistics
 
 
@@ -19,6 +20,10 @@ class ObservationNormalizer(VecNormV2):
     formula, so a constant feature normalizes to 0, and the scale floor ``eps`` defaults to
     1e-2 (rsl_rl's) so near-constant features are not amplified by 10⁴.
 
+    The env's raw observations go through :attr:`numerics` before they reach the statistics (the
+    trainer makes it its deferred monitor): once normalized, one env's NaN would spread to every
+    env through the shared statistics, and the report could no longer say which env sent it.
+
     Example:
         >>> from torchrl.envs import TransformedEnv
         >>> from diffrl.envs.gym import make_gym_env
@@ -30,6 +35,17 @@ class ObservationNormalizer(VecNormV2):
 
     def __init__(self, *args, eps: float = 1e-2, **kwargs) -> None:
         super().__init__(*args, eps=eps, **kwargs)
+        self.numerics = NumericsMonitor("off")
+
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        for key in self.in_keys:  # resets come through here too
+            if key in next_tensordict.keys(include_nested=True):
+                self.numerics.require_finite(
+                    next_tensordict[key],
+                    f"observation {key!r} from the env, before normalization (index: env; checks: the rollout's "
+                    "steps and resets in order)",
+                )
+        return super()._step(tensordict, next_tensordict)
 
     def _norm(self, data: TensorDictBase, loc: TensorDictBase, var: TensorDictBase, count: TensorDictBase):
         second_moment = var.apply(lambda moment, mean: torch.maximum(moment, mean.pow(2)), loc)

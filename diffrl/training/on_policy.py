@@ -130,6 +130,8 @@ class OnPolicyTrainer:
         self.observation_key = update.actor.in_keys[0]
         self._actor_outputs = list(update.actor.out_keys)
         self.observation_normalizer = observation_normalizer(env)
+        if self.observation_normalizer is not None:  # raw observations, named by env before normalization
+            self.observation_normalizer.numerics = self.numerics
         self._shared_statistics = None  # the observation statistics all ranks agreed on last
         # Made here, not in train(): its first env reset must precede a checkpoint's restore.
         self.collector = Collector(
@@ -243,14 +245,14 @@ class OnPolicyTrainer:
 
     def _check_rollout(self, batch: TensorDictBase) -> None:
         """Every observation the actor saw, every action and log-probability it wrote and every reward is
-        finite (the index in the message is the env); checked on the device, one host sync."""
+        finite (the message names the env and the rollout step); checked on the device, one host sync."""
         checks = [
             (self.observation_key, f"observation {self.observation_key!r} as the actor saw it"),
             *((key, f"{key!r} written by the actor") for key in self._actor_outputs),
             (("next", "reward"), "reward from the env"),
         ]
         for key, what in checks:
-            self.numerics.require_finite(batch[key], f"{what} (index: env)", batch)
+            self.numerics.require_finite(batch[key], what, batch, index_names=("env", "step"))
         self.numerics.raise_if_failed()
 
     def _to_host(

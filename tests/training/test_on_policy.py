@@ -302,7 +302,7 @@ def test_a_nan_reward_is_named_with_its_env_before_any_update(tmp_path):
     trainer.env.append_transform(NaNRewardForEnv(index=2, after=STEPS + 3))  # in the second rollout
     before = [parameter.detach().clone() for parameter in trainer.update.loss_module.parameters()]
     with pytest.raises(
-        NumericalError, match=r"reward from the env \(index: env\) is not finite for 1 of 4 samples; first at index 2"
+        NumericalError, match=r"reward from the env is not finite for 13 of 64 samples; first at env 2, step 3"
     ):
         trainer.train()
     assert trainer.progress.iteration == 1  # the first iteration completed, the second never updated
@@ -313,6 +313,38 @@ def test_a_nan_reward_is_named_with_its_env_before_any_update(tmp_path):
     after_first = list(resumed.update.loss_module.parameters())
     assert all(torch.isfinite(parameter).all() for parameter in after_first)
     assert any(not torch.equal(b, a) for b, a in zip(before, after_first, strict=True))
+
+
+class NaNObservationForEnv(Transform):
+    """Makes env ``index``'s observation NaN at its ``at``-th step (a broken sensor), before any normalizer."""
+
+    def __init__(self, index: int, at: int) -> None:
+        super().__init__(in_keys=["observation"], out_keys=["observation"])
+        self.index, self.at, self.steps = index, at, 0
+
+    def _step(self, tensordict, next_tensordict):
+        self.steps += 1
+        if self.steps == self.at:
+            observation = next_tensordict["observation"].clone()
+            observation[self.index, 3] = float("nan")
+            next_tensordict["observation"] = observation
+        return next_tensordict
+
+
+def test_a_nan_observation_is_named_with_its_env_before_it_reaches_the_normalizer(tmp_path):
+    trainer = make_trainer(tmp_path, total_frames=4 * NUM_ENVS * STEPS, keep_checkpoints=1)
+    trainer.env.insert_transform(0, NaNObservationForEnv(index=1, at=STEPS + 5))  # the env's own output
+    with pytest.raises(
+        NumericalError,
+        match=r"observation 'observation' from the env, before normalization .* is not finite for 1 of \d+ samples; "
+        r"first at index 1 of check \d+",
+    ):
+        trainer.train()
+    assert [path.name for path in trainer.run_state.checkpoints.checkpoints()] == ["checkpoint-000000000001"]
+    resumed = make_trainer(tmp_path, total_frames=1)
+    resumed.load_checkpoint(trainer.run_state.latest())
+    _, mean, second_moment = resumed.observation_normalizer.statistics()
+    assert all(bool(entry.isfinite().all()) for entry in (*mean.values(), *second_moment.values()))
 
 
 def test_checks_off_lets_the_run_go_on_but_never_checkpoints_non_finite_weights(tmp_path, caplog):
