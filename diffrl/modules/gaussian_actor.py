@@ -17,7 +17,7 @@ from torch import nn
 from torchrl.envs.utils import ExplorationType, exploration_type
 from torchrl.modules import MLP, IndependentNormal, ProbabilisticActor
 
-from diffrl.modules.generative_policy import DETERMINISTIC_EXPLORATION
+from diffrl.modules.generative_policy import DETERMINISTIC_EXPLORATION, read_observation
 from diffrl.modules.velocity_net import Activation, activation_class
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -98,7 +98,7 @@ class GaussianActor(ProbabilisticActor):
         a distribution object on every collection step. The losses still evaluate log-likelihoods
         through :meth:`get_dist`.
         """
-        loc, scale = self.module[0].module(tensordict.get(self.observation_key))
+        loc, scale = self.module[0].module(read_observation(tensordict, self.observation_key, self))
         if exploration_type() in DETERMINISTIC_EXPLORATION:
             action = loc
         else:

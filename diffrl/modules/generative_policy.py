@@ -43,6 +43,26 @@ class ExportableActor(Protocol):
     def sampler_description(self) -> dict[str, Any]: ...
 
 
+def read_observation(tensordict: TensorDictBase, key: NestedKey, module: nn.Module) -> torch.Tensor:
+    """``tensordict[key]``, or an error naming the key (and the keys there are) or the dtype mismatch.
+
+    Both are metadata checks: no host synchronization.
+    """
+    observation = tensordict.get(key, None)
+    if observation is None:
+        raise KeyError(
+            f"the actor reads the observation {key!r}, which the tensordict does not have "
+            f"(its keys: {sorted(str(name) for name in tensordict.keys(True, True))})"
+        )
+    weights = next(module.parameters(), None)
+    if weights is not None and observation.dtype != weights.dtype:
+        raise TypeError(
+            f"observation {key!r} is {observation.dtype} and the actor's weights are {weights.dtype}: cast one of "
+            "them (torchrl.envs.DoubleToFloat on the env, or actor.to(observation.dtype))"
+        )
+    return observation
+
+
 class ObservingPolicy(TensorDictModuleBase):
     """Base of every diffrl actor module: reads one observation key and checks it through :attr:`numerics`.
 
@@ -58,12 +78,7 @@ class ObservingPolicy(TensorDictModuleBase):
         self.numerics = NumericsMonitor("immediate" if check_finite else "off")
 
     def _observation(self, tensordict: TensorDictBase) -> torch.Tensor:
-        observation = tensordict.get(self.observation_key, None)
-        if observation is None:
-            raise KeyError(
-                f"the actor reads the observation {self.observation_key!r}, which the tensordict does not have "
-                f"(its keys: {sorted(str(key) for key in tensordict.keys(True, True))})"
-            )
+        observation = read_observation(tensordict, self.observation_key, self)
         self.numerics.require_finite(observation, f"observation {self.observation_key!r}", tensordict)
         return observation
 

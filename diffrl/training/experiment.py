@@ -211,7 +211,7 @@ def _start_tracking(
         experiment=cfg.logger.experiment,
         run_name=f"{cfg.algorithm.name}-{cfg.env.task}-seed{cfg.seed}",
         run_id=run_info.get("mlflow_run_id") if resume is not None else None,
-        artifact_location=layout.mlflow_artifacts.resolve().as_uri() if not cfg.logger.tracking_uri else None,
+        artifact_location=artifact_location(cfg.logger.artifact_root, tracking_uri, layout),
         buffer_path=layout.metrics_buffer,
         resume_iteration=progress.iteration if resume is not None else None,
     )
@@ -228,6 +228,27 @@ def _start_tracking(
         tracker.log_artifact(config_path)
     tracker.set_tags(_env_tags(env, cfg))
     return tracker
+
+
+def artifact_location(artifact_root: str | None, tracking_uri: str, layout: RunDirectory) -> str | None:
+    """The artifact location of a new experiment: the user's root, else beside the sqlite store
+    (the run directory's own one included), else the server's default (``None``).
+
+    MLflow's own default for a sqlite store is ``./mlruns``, relative to the working directory of
+    whichever process created the experiment.
+
+    Example:
+        >>> artifact_location(None, "sqlite:////data/mlflow.db", RunDirectory("/runs/x"))
+        'file:///data/mlartifacts'
+        >>> artifact_location("/big/disk", "http://mlflow:5000", RunDirectory("/runs/x"))
+        'file:///big/disk'
+    """
+    if artifact_root:
+        return Path(artifact_root).expanduser().resolve().as_uri()
+    if tracking_uri.startswith("sqlite:///"):
+        database = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+        return (database.parent / layout.mlflow_artifacts.name).as_uri()
+    return None
 
 
 def save_policy(

@@ -149,3 +149,65 @@ def test_a_bad_path_or_count_is_one_line_and_leaves_no_directory(tmp_path, overr
     assert "sync copies" not in output, "the env was built before the setting was checked"
     assert not (tmp_path / "nowhere").exists()
     assert not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_runs_tracked_into_a_named_store_keep_their_artifacts_beside_it_not_in_the_working_directory(tmp_path):
+    store, workdir = tmp_path / "store", tmp_path / "cwd"
+    store.mkdir()
+    workdir.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    result = subprocess.run(
+        [
+            sys.executable,
+            *recipe_command(
+                tmp_path / "run", f"collector.total_frames={NUM_ENVS * STEPS}", f"logger.tracking_uri={uri}"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=workdir,
+        env=os.environ.copy(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(workdir.iterdir()) == [], "nothing lands in the working directory"
+    client, run_id = mlflow_run(tmp_path / "run")
+    artifact_uri = client.get_run(run_id).info.artifact_uri
+    assert artifact_uri.startswith((store / "mlartifacts").as_uri())
+    assert (Path(artifact_uri.removeprefix("file://")) / "policy.pt").is_file()
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_the_checkpoints_resumable_and_the_resume_logs_each_step_once(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, *recipe_command(tmp_path, "collector.total_frames=10_000_000", "checkpoint.every=2")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
+    for line in process.stdout:
+        if "iteration 5," in line:  # logged to MLflow; the last checkpoint is iteration 4
+            process.kill()
+            break
+    else:
+        pytest.fail(f"the run ended (status {process.wait()}) before its fifth iteration")
+    process.wait()
+    client, killed_run = mlflow_run(tmp_path)
+    assert client.get_run(killed_run).info.status == "RUNNING"  # nothing could close it
+    latest = sorted((tmp_path / "checkpoints").glob("checkpoint-*"))[-1]
+    assert latest.name == "checkpoint-000000000004"
+
+    run(
+        [
+            sys.executable,
+            *recipe_command(tmp_path, f"collector.total_frames={6 * NUM_ENVS * STEPS}", f"resume={latest}"),
+        ]
+    )
+    assert client.get_run(killed_run).info.status == "KILLED"
+    _, resumed_run = mlflow_run(tmp_path)  # run.json names the run that took over
+    assert resumed_run != killed_run
+    assert client.get_run(resumed_run).data.tags["diffrl.resumed_from"] == killed_run
+    assert frames_logged(tmp_path) == [(step, step * NUM_ENVS * STEPS) for step in range(1, 7)]
+    assert client.get_run(resumed_run).info.status == "FINISHED"
