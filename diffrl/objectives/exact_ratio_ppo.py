@@ -104,6 +104,16 @@ class ExactRatioPPOLoss(ClipPPOLoss):
     def out_keys(self, values: list[str] | None) -> None:
         self._out_keys = None if values is None else list(values)
 
+    def _log_ratio(self, log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:
+        """log π_θ − log π_old as [*B, 1]; a stored log-probability of another shape is an error, not a broadcast."""
+        if old_log_prob.shape != log_prob.shape:
+            raise ValueError(
+                f"the stored log-probability {self.tensor_keys.sample_log_prob!r} has shape "
+                f"{tuple(old_log_prob.shape)} but the policy's is {tuple(log_prob.shape)}: store it as the actor "
+                "writes it, [*B]"
+            )
+        return (log_prob - old_log_prob).unsqueeze(-1)
+
     def _surrogate(
         self,
         log_weight: torch.Tensor,

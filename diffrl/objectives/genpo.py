@@ -129,7 +129,7 @@ class GenPOLoss(ExactRatioPPOLoss):
         dist = self.actor_network.get_dist(tensordict)
         fresh_rows = max(1, math.ceil(self.compression_batch_fraction * tensordict.shape[0]))
         log_prob, fresh_latent, fresh_log_prob = dist.log_prob_and_rsample(stored_latent, fresh_rows)
-        log_weight = (log_prob - old_log_prob).unsqueeze(-1)  # log π_θ − log π_old, [B, 1]
+        log_weight = self._log_ratio(log_prob, old_log_prob)
         surrogate, clip_fraction, outlier, outlier_fraction = self._surrogate(
             log_weight, advantage, tensordict, "GenPO log-ratio log π_θ − log π_old"
         )

@@ -161,6 +161,11 @@ class PathwiseTrustRegionLoss(LossModule):
         critic = self.critic_network
         observation, action = tensordict.get(keys.observation), tensordict.get(keys.action)
         target = tensordict.get(keys.value_target)
+        if target.shape != observation.shape[:-1]:  # a [B, 1] target would broadcast against the [B] histogram
+            raise ValueError(
+                f"{keys.value_target!r} has shape {tuple(target.shape)}, the batch is {tuple(observation.shape[:-1])}: "
+                "store one return per state, [*B], as SoftLambdaReturn writes it"
+            )
         features = critic.features(observation, action)
         log_probs = critic.logits(features).log_softmax(-1)
         cross_entropy = -(critic.target_distribution(target) * log_probs).sum(-1)

@@ -185,8 +185,8 @@ class TruDiPPOLoss(ExactRatioPPOLoss):
         self.numerics.require_finite(mean, "TruDi per-step means μ_θ(x_k, k, s)", tensordict, chain_key)
         projected_mean, projected_std = self.project(mean, std, old_mean, old_std)
 
-        # log_weight = log p̃ − log p_old of the stored chain, [*B, 1].
-        log_weight = (gaussian_chain_log_prob(chain, projected_mean, projected_std) - old_log_prob).unsqueeze(-1)
+        # log p̃ − log p_old of the stored chain.
+        log_weight = self._log_ratio(gaussian_chain_log_prob(chain, projected_mean, projected_std), old_log_prob)
         surrogate, clip_fraction, outlier, outlier_fraction = self._surrogate(
             log_weight, advantage, tensordict, "TruDi log-ratio log p̃ − log p_old", clip=self.clip_ratio
         )

@@ -203,6 +203,17 @@ def test_an_advantage_without_its_trailing_dimension_is_a_clear_error():
         GenPOLoss(actor, critic).double()(batch)
 
 
+def test_a_stored_log_prob_of_another_shape_is_a_clear_error():
+    # [B, 1] against the policy's [B] would broadcast the log-ratio to [B, B].
+    actor, critic, _ = build()
+    batch = actor(TensorDict({"observation": torch.randn(8, OBS, dtype=torch.float64)}, batch_size=[8]))
+    batch["action_log_prob"] = batch["action_log_prob"].unsqueeze(-1)
+    batch["advantage"] = torch.randn(8, 1, dtype=torch.float64)
+    batch["value_target"], batch["state_value"] = torch.randn(8, 1).double(), torch.zeros(8, 1).double()
+    with pytest.raises(ValueError, match=r"'action_log_prob' has shape \(8, 1\) but the policy's is \(8,\)"):
+        GenPOLoss(actor, critic).double()(batch)
+
+
 def test_a_single_far_outlier_is_left_out_of_the_surrogate_and_counted():
     """A converged flow can move one stored sample's log-likelihood by tens of nats: with a
     negative advantage PPO's unclipped term would explode; it is dropped (zero gradient) and counted."""

@@ -165,3 +165,11 @@ def test_bad_arguments_are_clear_errors():
         REPPOLoss(actor, critic, gate="soft")
     with pytest.raises(TypeError, match="HLGaussQValue"):
         REPPOLoss(actor, copy.deepcopy(actor))
+
+
+def test_a_value_target_of_another_shape_is_a_clear_error():
+    # [B, 1] against the critic's [B] histogram would broadcast the cross-entropy to [B, B].
+    data = batch()
+    data["value_target"] = data["value_target"].unsqueeze(-1)
+    with pytest.raises(ValueError, match=rf"'value_target' has shape \({BATCH}, 1\), the batch is \({BATCH},\)"):
+        make_reppo().critic_loss(data)
