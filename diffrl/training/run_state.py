@@ -47,11 +47,11 @@ class TrainingProgress:
         self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self.recent_lengths: deque[float] = deque(maxlen=RECENT_EPISODES)
 
-    def state_dict(self, serialize_history: bool = True) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "iteration": self.iteration,
             "frames": self.frames,
-            "history": json.dumps(self.history) if serialize_history else self.history,
+            "history": json.dumps(self.history),
             "recent_returns": list(self.recent_returns),
             "recent_lengths": list(self.recent_lengths),
         }
@@ -59,14 +59,15 @@ class TrainingProgress:
     def copy(self) -> TrainingProgress:
         """A copy that later iterations do not change (the history's entries are never modified)."""
         duplicate = TrainingProgress()
-        duplicate.load_state_dict({**self.state_dict(serialize_history=False), "history": list(self.history)})
+        duplicate.iteration, duplicate.frames, duplicate.history = self.iteration, self.frames, list(self.history)
+        duplicate.recent_returns.extend(self.recent_returns)
+        duplicate.recent_lengths.extend(self.recent_lengths)
         return duplicate
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
         self.frames = int(state["frames"])
-        history = state["history"]
-        self.history = json.loads(history) if isinstance(history, str) else history
+        self.history = json.loads(state["history"])
         self.recent_returns = deque(state["recent_returns"], maxlen=RECENT_EPISODES)
         self.recent_lengths = deque(state["recent_lengths"], maxlen=RECENT_EPISODES)
 
@@ -163,7 +164,7 @@ class RunState:
 
     def mark_boundary(self) -> None:
         """Record the state after a completed iteration (device copies, no host sync), for :meth:`save_boundary`."""
-        if self.checkpoints is None:
+        if self.checkpoints is None or not self.context.is_main:  # only rank 0 writes checkpoints
             return
         for name, component in self.checkpoint.components.items():
             if component is self.progress:
