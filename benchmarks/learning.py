@@ -400,6 +400,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     summaries = []
     for (task, algorithm), group in groups.items():
         finals = np.array([record["final_return"] for record in group], dtype=float)
+        bests = np.array([np.nanmax(np.asarray(record["returns"], dtype=float)) for record in group])
         half = np.array([group[0]["budget_frames"] / 2])
         halves = np.array([on_grid(record["frames"], record["returns"], half)[0] for record in group])
         summaries.append(
@@ -413,6 +414,8 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "final_std": float(np.std(finals)),
                 "final_min": float(np.min(finals)),
                 "final_max": float(np.max(finals)),
+                "best_mean": float(np.mean(bests)),  # each seed's best point of its curve
+                "best_std": float(np.std(bests)),
                 "half_budget_mean": float(np.mean(halves)),
                 "half_budget_std": float(np.std(halves)),
                 "wall_seconds_mean": float(np.mean([record["wall_seconds"] for record in group])),
@@ -433,6 +436,7 @@ def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
             f"{s['half_budget_mean']:.2f} ± {s['half_budget_std']:.2f}",
             f"{s['final_mean']:.2f} ± {s['final_std']:.2f}",
             f"[{s['final_min']:.2f}, {s['final_max']:.2f}]",
+            f"{s['best_mean']:.2f} ± {s['best_std']:.2f}",
             f"{s['wall_seconds_mean']:.0f}",
             f"{s['frames'] / s['train_seconds_mean']:.0f}" if s["train_seconds_mean"] > 0 else "n/a",
         )
@@ -447,6 +451,7 @@ def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
         "return at half",
         "final return",
         "[min, max]",
+        "best return",
         "wall s/run",
         "train fps",
     )

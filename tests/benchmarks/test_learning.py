@@ -84,7 +84,7 @@ def test_summarize_gives_the_final_returns_spread_over_seeds(learning):
             "wall_seconds": 10.0,
             "train_seconds": [1.0, 2.0],
             "frames": [100.0, 200.0, 300.0],
-            "returns": [0.0, final, final],  # at half the budget (150 frames): final / 2
+            "returns": [0.0, final + 1.0, final],  # at half the budget (150 frames): (final + 1) / 2
         }
         for seed, final in ((0, 1.0), (1, 2.0), (2, 6.0))
     ]
@@ -93,10 +93,12 @@ def test_summarize_gives_the_final_returns_spread_over_seeds(learning):
     assert summary["final_mean"] == pytest.approx(3.0)
     assert summary["final_std"] == pytest.approx(math.sqrt((4 + 1 + 9) / 3))
     assert (summary["final_min"], summary["final_max"]) == (1.0, 6.0)
-    assert summary["half_budget_mean"] == pytest.approx(1.5)
+    assert summary["half_budget_mean"] == pytest.approx(2.0)
     assert summary["half_budget_std"] == pytest.approx(summary["final_std"] / 2)
+    # Each seed's best point (final + 1), averaged over seeds.
+    assert (summary["best_mean"], summary["best_std"]) == (pytest.approx(4.0), pytest.approx(summary["final_std"]))
     table = learning.summary_table([summary])
-    assert "3.00 ± 2.16" in table and "[1.00, 6.00]" in table and "1.50 ± 1.08" in table
+    assert "3.00 ± 2.16" in table and "[1.00, 6.00]" in table and "2.00 ± 1.08" in table and "4.00 ± 2.16" in table
     assert table.rstrip().split("|")[-2].strip() == "100"  # train fps: 300 frames over 3 s of training
 
 
