@@ -129,6 +129,11 @@ TASKS: dict[str, TaskSpec] = {
         iterations=489,
         preset_name="halfcheetah",
     ),
+    # Ant-v5 at HalfCheetah's CPU budget, for the pathwise comparison: 200-step episodes for the same reason
+    # (Ant also ends an episode when the torso leaves its height range).
+    "ant_v5": TaskSpec(
+        "ant_v5", "Ant-v5", "mujoco", num_envs=64, steps_per_env=32, iterations=40, max_episode_steps=200
+    ),
     "ant_v5_1m": TaskSpec(
         "ant_v5_1m", "Ant-v5", "mujoco", num_envs=64, steps_per_env=32, iterations=489, preset_name="ant_v5"
     ),
