@@ -213,6 +213,7 @@ def _start_tracking(
         run_id=run_info.get("mlflow_run_id") if resume is not None else None,
         artifact_location=artifact_location(cfg.logger.artifact_root, tracking_uri, layout),
         buffer_path=layout.metrics_buffer,
+        fallback_uri=default_tracking_uri(run_dir) if cfg.logger.tracking_uri else None,
         resume_iteration=progress.iteration if resume is not None else None,
     )
     layout.run_info.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri}))

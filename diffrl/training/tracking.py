@@ -2,7 +2,8 @@
 
 Tracking never stops training: a store that is unreachable at the start is a one-line error
 before anything is built (:func:`require_tracking_server`); one that fails mid-run is reported
-once, the metrics go on into a local buffer file, and the buffer is sent when the run ends.
+once, the metrics go on into a local buffer file, and the buffer is sent when the run ends (or,
+if the store still fails then, into a local fallback store).
 """
 
 from __future__ import annotations
@@ -123,11 +124,14 @@ class MLflowTracker:
         run_id: str | None = None,
         artifact_location: str | None = None,
         buffer_path: str | Path | None = None,
+        fallback_uri: str | None = None,
         resume_iteration: int | None = None,
     ) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.buffer_path = Path(buffer_path) if buffer_path is not None else None
+        self.fallback_uri = fallback_uri
+        self.experiment = experiment
         self._buffered: list[Metric] | None = None  # a list once the store has failed
         self.replaced_run_id: str | None = None
         if run_id is not None and self._logged_beyond(run_id, resume_iteration):
@@ -215,14 +219,14 @@ class MLflowTracker:
             with _short_http_retries():
                 for start in range(0, len(self._buffered), 1000):  # MLflow's batch limit
                     self.client.log_batch(self.run_id, metrics=self._buffered[start : start + 1000])
-        except Exception as error:  # still unreachable: the buffer file keeps them
+        except Exception as error:  # still unreachable: a local store (or the buffer file) keeps them
             logger.warning(
-                "MLflow at %s still fails (%s): %d buffered metric values stay in %s",
+                "MLflow at %s still fails (%s) at the end of the run",
                 self.tracking_uri,
                 str(error).splitlines()[0][:200],
-                len(self._buffered),
-                self.buffer_path,
             )
+            if self.fallback_uri is not None:
+                self._write_to_fallback()
             return False
         logger.info("sent %d buffered metric values to MLflow", len(self._buffered))
         self._buffered = None
@@ -230,12 +234,38 @@ class MLflowTracker:
             self.buffer_path.unlink(missing_ok=True)
         return True
 
+    def _write_to_fallback(self) -> None:
+        """The buffered metrics into a run of the local ``fallback_uri`` store, tagged with the unreachable run."""
+        local = MlflowClient(tracking_uri=self.fallback_uri)
+        found = local.get_experiment_by_name(self.experiment)
+        experiment_id = found.experiment_id if found is not None else local.create_experiment(self.experiment)
+        tags = {"diffrl.offline_copy_of": self.run_id, "diffrl.tracking_uri": self.tracking_uri}
+        run_id = local.create_run(experiment_id, tags=tags).info.run_id
+        for start in range(0, len(self._buffered), 1000):
+            local.log_batch(run_id, metrics=self._buffered[start : start + 1000])
+        local.set_terminated(run_id)
+        logger.warning(
+            "%d metric values logged after MLflow failed are in the local store %s (run %s) and in %s",
+            len(self._buffered),
+            self.fallback_uri,
+            run_id,
+            self.buffer_path,
+        )
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload ``path``; once the store has failed, or if the upload fails, it stays in the run directory only."""
         path = Path(path)
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, os.fspath(path), artifact_path=artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, os.fspath(path), artifact_path=artifact_path)
+        if self._buffered is not None:
+            logger.warning("MLflow failed earlier: %s stays in the run directory only", path)
+            return
+        try:
+            with _short_http_retries():
+                if path.is_dir():
+                    self.client.log_artifacts(self.run_id, os.fspath(path), artifact_path=artifact_path)
+                else:
+                    self.client.log_artifact(self.run_id, os.fspath(path), artifact_path=artifact_path)
+        except Exception as error:  # the file is on disk already: the run must not fail for its copy
+            logger.warning("MLflow did not take %s (%s): it stays in the run directory only", path, error)
 
     def finish(self, status: str = "FINISHED") -> None:
         """Send what was buffered and end the run with ``FINISHED``, ``FAILED`` or ``KILLED``."""

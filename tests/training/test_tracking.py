@@ -118,3 +118,29 @@ def test_a_resume_behind_the_runs_last_logged_step_continues_in_a_new_run(tmp_pa
     again = MLflowTracker(uri, experiment="resume", run_id=resumed.run_id, resume_iteration=4)
     assert again.run_id == resumed.run_id and again.replaced_run_id is None
     assert client.get_run(resumed.run_id).info.status == "RUNNING"
+
+
+@pytest.mark.slow
+def test_metrics_logged_after_the_server_died_for_good_land_in_the_local_fallback_store(tmp_path):
+    port = free_port()
+    uri, fallback = f"http://127.0.0.1:{port}", f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}"
+    (tmp_path / "run").mkdir()
+    server = start_server(tmp_path, port)
+    try:
+        tracker = MLflowTracker(uri, experiment="gone", buffer_path=tmp_path / "buffer.jsonl", fallback_uri=fallback)
+        tracker.log_metrics({"episode_return": 1.0}, step=1)
+    finally:
+        stop(server)
+    for step in (2, 3):
+        tracker.log_metrics({"episode_return": float(step)}, step=step)
+    policy = tmp_path / "policy.pt"
+    policy.write_bytes(b"weights")
+    tracker.log_artifact(policy)  # returns: the file stays in the run directory
+    tracker.finish()
+
+    local = MlflowClient(fallback)
+    (run,) = local.search_runs([local.get_experiment_by_name("gone").experiment_id])
+    assert run.data.tags["diffrl.offline_copy_of"] == tracker.run_id
+    history = local.get_metric_history(run.info.run_id, "episode_return")
+    assert sorted((metric.step, metric.value) for metric in history) == [(2, 2.0), (3, 3.0)]
+    assert (tmp_path / "buffer.jsonl").exists()  # and the plain-text copy stays
