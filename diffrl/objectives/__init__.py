@@ -1,10 +1,11 @@
 """Losses of both update families, their shared parts, trust-region projections and KL / entropy estimators.
 
-Likelihood-ratio family: GenPO, TruDi-PPO (on :class:`ExactRatioPPOLoss`). Pathwise family: REPPO and TruDi
+Likelihood-ratio family: GenPO, TruDi-PPO, DPPO (on :class:`ExactRatioPPOLoss`). Pathwise family: REPPO and TruDi
 (on :class:`PathwiseTrustRegionLoss`, with the :class:`SoftLambdaReturn` value estimator).
 """
 
 from diffrl.numerics import NumericalError
+from diffrl.objectives.dppo import DPPOLoss
 from diffrl.objectives.exact_ratio_ppo import ExactRatioPPOLoss
 from diffrl.objectives.genpo import GenPOLoss
 from diffrl.objectives.pathwise import PathwiseTrustRegionLoss
@@ -14,6 +15,7 @@ from diffrl.objectives.trudi import TruDiLoss
 from diffrl.objectives.trudi_ppo import TruDiPPOLoss
 
 __all__ = [
+    "DPPOLoss",
     "ExactRatioPPOLoss",
     "GenPOLoss",
     "NumericalError",

@@ -72,7 +72,7 @@ REFERENCE = {
     "franka_reach": ("Isaac-Reach-Franka", 24, 8, 4, 1e-3, [64, 64], False),
     "shadow_hand": ("Isaac-Reorient-Cube-Shadow", 16, 5, 4, 5e-4, [512, 512, 256, 128], True),
 }
-RECIPES = ("genpo_isaaclab", "trudi_isaaclab", "reppo_isaaclab", "ppo_isaaclab")
+RECIPES = ("genpo_isaaclab", "trudi_isaaclab", "reppo_isaaclab", "dppo_isaaclab", "ppo_isaaclab")
 # The recipes whose algorithm trains with the pathwise family's update (the rest: the PPO family's).
 PATHWISE_RECIPES = {"trudi_isaaclab", "reppo_isaaclab"}
 
