@@ -398,8 +398,19 @@ def aggregate_curves(curves: Sequence[tuple[Sequence[float], Sequence[float]]], 
     return {"frames": grid, "mean": mean, "std": std, "min": low, "max": high, "count": count}
 
 
-def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One summary per (task, algorithm): the final return's mean ± std, min, max over seeds, and costs."""
+def frames_to_reach(record: dict[str, Any], threshold: float) -> float:
+    """The first frame count at which the record's curve reaches ``threshold`` (NaN if it never does)."""
+    for frames, value in zip(record["frames"], record["returns"], strict=True):
+        if value >= threshold:  # NaN (no episode finished yet) compares false
+            return float(frames)
+    return math.nan
+
+
+def summarize(records: Sequence[dict[str, Any]], threshold: float | None = None) -> list[dict[str, Any]]:
+    """One summary per (task, algorithm): the final return's mean ± std, min, max over seeds, and costs.
+
+    With ``threshold``: also the mean frames to first reach it, over the seeds that do, and how many do.
+    """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault((record["task"], record["algorithm"]), []).append(record)
@@ -426,8 +437,17 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "half_budget_std": float(np.std(halves)),
                 "wall_seconds_mean": float(np.mean([record["wall_seconds"] for record in group])),
                 "train_seconds_mean": float(np.mean([np.nansum(record["train_seconds"]) for record in group])),
+                # Medians per run (robust to a slow iteration on a shared CPU), averaged over seeds.
+                "seconds_per_iteration": float(np.mean([np.nanmedian(record["train_seconds"]) for record in group])),
             }
         )
+        if threshold is not None:
+            reached = np.array([frames_to_reach(record, threshold) for record in group])
+            summaries[-1]["threshold"] = threshold
+            summaries[-1]["frames_to_threshold"] = (
+                float(np.nanmean(reached)) if (~np.isnan(reached)).any() else math.nan
+            )
+            summaries[-1]["seeds_reaching_threshold"] = int((~np.isnan(reached)).sum())
     return summaries
 
 
@@ -445,6 +465,12 @@ def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
             f"{s['best_mean']:.2f} ± {s['best_std']:.2f}",
             f"{s['wall_seconds_mean']:.0f}",
             f"{s['frames'] / s['train_seconds_mean']:.0f}" if s["train_seconds_mean"] > 0 else "n/a",
+            f"{s['seconds_per_iteration']:.2f}",
+            *(
+                [f"{s['frames_to_threshold']:,.0f} ({s['seeds_reaching_threshold']}/{len(s['seeds'])})"]
+                if "threshold" in s
+                else []
+            ),
         )
         for s in summaries
     ]
@@ -460,6 +486,8 @@ def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
         "best return",
         "wall s/run",
         "train fps",
+        "s/iter",
+        *([f"frames to {summaries[0]['threshold']:g} (seeds)"] if summaries and "threshold" in summaries[0] else []),
     )
     return format_table(rows, header)
 
@@ -523,6 +551,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plots", type=Path, help="write one learning-curve PNG per task into this directory")
     parser.add_argument("--iterations", type=int, help="iterations per case instead of the task's budget (smoke tests)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per case")
+    parser.add_argument(
+        "--threshold", type=float, metavar="RETURN", help="also tabulate the frames each algorithm takes to reach it"
+    )
     return parser.parse_args(argv)
 
 
@@ -580,7 +611,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for task in tasks:  # one table per task
         task_records = [record for record in records if record["task"] == task.env_id]
         if task_records:
-            print(f"\n{task.env_id}, {task.total_frames:,} frames per run:\n{summary_table(summarize(task_records))}")
+            table = summary_table(summarize(task_records, args.threshold))
+            print(f"\n{task.env_id}, {task.total_frames:,} frames per run:\n{table}")
     if args.plots is not None:
         for task in tasks:
             task_records = [record for record in records if record["task"] == task.env_id]

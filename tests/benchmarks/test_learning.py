@@ -99,7 +99,13 @@ def test_summarize_gives_the_final_returns_spread_over_seeds(learning):
     assert (summary["best_mean"], summary["best_std"]) == (pytest.approx(4.0), pytest.approx(summary["final_std"]))
     table = learning.summary_table([summary])
     assert "3.00 ± 2.16" in table and "[1.00, 6.00]" in table and "2.00 ± 1.08" in table and "4.00 ± 2.16" in table
-    assert table.rstrip().split("|")[-2].strip() == "100"  # train fps: 300 frames over 3 s of training
+    assert table.rstrip().split("|")[-3].strip() == "100"  # train fps: 300 frames over 3 s of training
+    assert summary["seconds_per_iteration"] == 1.5  # the median of [1, 2]
+
+    # Peaks final + 1 at 200 frames: 3 and 7 reach 2.5 there, 2 never does.
+    (reaching,) = learning.summarize(records, threshold=2.5)
+    assert (reaching["frames_to_threshold"], reaching["seeds_reaching_threshold"]) == (200.0, 2)
+    assert "200 (2/3)" in learning.summary_table([reaching])
 
 
 RSL_RL_REPORT = """
