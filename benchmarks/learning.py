@@ -451,6 +451,10 @@ def summarize(records: Sequence[dict[str, Any]], threshold: float | None = None)
     return summaries
 
 
+def reached_label(frames: float) -> str:
+    return "never" if math.isnan(frames) else f"{frames:,.0f}"
+
+
 def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
     rows = [
         (
@@ -467,7 +471,7 @@ def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
             f"{s['frames'] / s['train_seconds_mean']:.0f}" if s["train_seconds_mean"] > 0 else "n/a",
             f"{s['seconds_per_iteration']:.2f}",
             *(
-                [f"{s['frames_to_threshold']:,.0f} ({s['seeds_reaching_threshold']}/{len(s['seeds'])})"]
+                [f"{reached_label(s['frames_to_threshold'])} ({s['seeds_reaching_threshold']}/{len(s['seeds'])})"]
                 if "threshold" in s
                 else []
             ),
