@@ -1,10 +1,12 @@
 """Losses of both update families, their shared parts, trust-region projections and KL / entropy estimators.
 
-Likelihood-ratio family: GenPO, TruDi-PPO, DPPO (on :class:`ExactRatioPPOLoss`). Pathwise family: REPPO and TruDi
+Likelihood-ratio family: GenPO, TruDi-PPO, DPPO (on :class:`ExactRatioPPOLoss`; the last two on
+:class:`DenoisingChainPPOLoss`). Pathwise family: REPPO and TruDi
 (on :class:`PathwiseTrustRegionLoss`, with the :class:`SoftLambdaReturn` value estimator).
 """
 
 from diffrl.numerics import NumericalError
+from diffrl.objectives.denoising_chain_ppo import DenoisingChainPPOLoss
 from diffrl.objectives.dppo import DPPOLoss
 from diffrl.objectives.exact_ratio_ppo import ExactRatioPPOLoss
 from diffrl.objectives.genpo import GenPOLoss
@@ -16,6 +18,7 @@ from diffrl.objectives.trudi_ppo import TruDiPPOLoss
 
 __all__ = [
     "DPPOLoss",
+    "DenoisingChainPPOLoss",
     "ExactRatioPPOLoss",
     "GenPOLoss",
     "NumericalError",

@@ -8,16 +8,14 @@ noisiest, row K − 1 the one that writes the action x_0).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
-from tensordict.utils import NestedKey
 
 from diffrl.modules.trudi_actor import TruDiActor
+from diffrl.objectives.denoising_chain_ppo import DenoisingChainPPOLoss
 from diffrl.objectives.estimators import effective_sample_size, kl_k1, kl_k3, max_ratio
-from diffrl.objectives.exact_ratio_ppo import ExactRatioPPOLoss
 
 
 def step_log_probs(chain: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -44,7 +42,7 @@ def clip_schedule(num_steps: int, final: float, noisiest: float, rate: float) ->
     return noisiest + (final - noisiest) * shape
 
 
-class DPPOLoss(ExactRatioPPOLoss):
+class DPPOLoss(DenoisingChainPPOLoss):
     r"""DPPO's surrogate: each denoising step of the stored chain is a PPO sample of its own.
 
     For row i (step k = K − i) of the chain stored at rollout, the per-step ratio is
@@ -111,16 +109,6 @@ class DPPOLoss(ExactRatioPPOLoss):
         (True, 0.0)
     """
 
-    @dataclass
-    class _AcceptedKeys(ExactRatioPPOLoss._AcceptedKeys):
-        """Adds the rollout policy's per-step Gaussians, [*B, K, d] each, to PPO's keys."""
-
-        denoising_means: NestedKey = "denoising_means"
-        denoising_stds: NestedKey = "denoising_stds"
-
-    default_keys = _AcceptedKeys
-    tensor_keys: _AcceptedKeys
-
     def __init__(
         self,
         actor_network: TruDiActor,
@@ -161,13 +149,6 @@ class DPPOLoss(ExactRatioPPOLoss):
         self.register_buffer("step_clips", clip_schedule(num_steps, clip_epsilon, noisiest, clip_rate))
         exponents = torch.arange(num_steps - 1, -1, -1, dtype=torch.float64)
         self.register_buffer("step_discounts", denoising_discount**exponents)
-        self.set_keys(denoising_means=actor_network.means_key, denoising_stds=actor_network.stds_key)
-
-    def _set_in_keys(self) -> None:
-        super()._set_in_keys()
-        self._in_keys = sorted(
-            {*self._in_keys, self.tensor_keys.denoising_means, self.tensor_keys.denoising_stds}, key=str
-        )
 
     def _policy_out_keys(self) -> list[str]:
         keys = ["loss_objective", "kl_approx", "kl_k3", "step_kl_approx", "clip_fraction"]
@@ -185,12 +166,7 @@ class DPPOLoss(ExactRatioPPOLoss):
         tensordict = tensordict.clone(False)
         advantage = self._advantage(tensordict)
         chain_key = self.tensor_keys.action
-        chain = tensordict.get(chain_key)
-        old_mean = tensordict.get(self.tensor_keys.denoising_means)
-        old_std = tensordict.get(self.tensor_keys.denoising_stds)
-        if chain.requires_grad or old_mean.requires_grad or old_std.requires_grad:
-            raise RuntimeError("the stored chain, means and stds must not require grad")
-        self.numerics.require_finite(old_mean, "stored rollout means", tensordict, chain_key)
+        chain, old_log_prob, old_mean, old_std = self.rollout_chain(tensordict)
 
         dist = self.actor_network.get_dist(tensordict)
         step_means = dist.step_means(chain)
@@ -200,7 +176,6 @@ class DPPOLoss(ExactRatioPPOLoss):
         new_steps, clamped = self.surrogate_log_probs(new_entries)
         old_steps, _ = self.surrogate_log_probs(old_entries)
         # The exact chain log-ratio (the stored log-probability is the rollout chain's), for the diagnostics.
-        old_log_prob = tensordict.get(self.tensor_keys.sample_log_prob)
         chain_log_ratio = self._log_ratio(new_entries.sum((-2, -1)), old_log_prob)
 
         if advantage.shape != chain_log_ratio.shape:

@@ -7,21 +7,19 @@ Symbols: B the batch shape, K the number of denoising steps, d the action dimens
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule
-from tensordict.utils import NestedKey
 
 from diffrl.modules.denoising_chain import gaussian_chain_log_prob
 from diffrl.modules.trudi_actor import TruDiActor
+from diffrl.objectives.denoising_chain_ppo import DenoisingChainPPOLoss
 from diffrl.objectives.estimators import effective_sample_size, kl_k1, kl_k3, max_ratio
-from diffrl.objectives.exact_ratio_ppo import ExactRatioPPOLoss
 from diffrl.objectives.trust_region import diagonal_gaussian_kl, project_gaussian, project_mean
 
 
-class TruDiPPOLoss(ExactRatioPPOLoss):
+class TruDiPPOLoss(DenoisingChainPPOLoss):
     r"""PPO with the exact chain likelihood of a *projected* denoising policy, plus a trust-region regression.
 
     Per state s, the network's K step Gaussians π_θ,k = N(μ_θ(x_k, k, s), σ_k²) — evaluated at the
@@ -94,16 +92,6 @@ class TruDiPPOLoss(ExactRatioPPOLoss):
         (True, 0.0)
     """
 
-    @dataclass
-    class _AcceptedKeys(ExactRatioPPOLoss._AcceptedKeys):
-        """Adds the rollout policy's per-step Gaussians, [*B, K, d] each, to PPO's keys."""
-
-        denoising_means: NestedKey = "denoising_means"
-        denoising_stds: NestedKey = "denoising_stds"
-
-    default_keys = _AcceptedKeys
-    tensor_keys: _AcceptedKeys
-
     def __init__(
         self,
         actor_network: TruDiActor,
@@ -142,13 +130,6 @@ class TruDiPPOLoss(ExactRatioPPOLoss):
         self.trust_region_kl = trust_region_kl
         self.register_coeff_buffer("regression_coeff", regression_coeff, device=None)
         self.projection_iterations = projection_iterations
-        self.set_keys(denoising_means=actor_network.means_key, denoising_stds=actor_network.stds_key)
-
-    def _set_in_keys(self) -> None:
-        super()._set_in_keys()
-        self._in_keys = sorted(
-            {*self._in_keys, self.tensor_keys.denoising_means, self.tensor_keys.denoising_stds}, key=str
-        )
 
     def _policy_out_keys(self) -> list[str]:
         keys = ["loss_objective", "loss_trust_region", "kl_approx", "kl_k3", "chain_kl", "chain_kl_projected"]
@@ -171,13 +152,7 @@ class TruDiPPOLoss(ExactRatioPPOLoss):
         advantage = self._advantage(tensordict)
 
         chain_key = self.tensor_keys.action
-        chain = tensordict.get(chain_key)
-        old_log_prob = tensordict.get(self.tensor_keys.sample_log_prob)
-        old_mean = tensordict.get(self.tensor_keys.denoising_means)
-        old_std = tensordict.get(self.tensor_keys.denoising_stds)
-        if chain.requires_grad or old_log_prob.requires_grad or old_mean.requires_grad:
-            raise RuntimeError("the stored chain, log-prob and means must not require grad")
-        self.numerics.require_finite(old_mean, "stored rollout means", tensordict, chain_key)
+        chain, old_log_prob, old_mean, old_std = self.rollout_chain(tensordict)
 
         dist = self.actor_network.get_dist(tensordict)
         step_means = dist.step_means(chain)
