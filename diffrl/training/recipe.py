@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -66,6 +67,7 @@ def run_from_hydra(cfg: DictConfig) -> None:
         result = run_experiment(cfg, run_dir)
     except ValueError as error:
         logger.error("%s", error)
+        _discard_unstarted_run_directory(Path(run_dir), f"{HydraConfig.get().job.name}.log")
         sys.exit(2)
     last = result.history[-1] if result.history else {}
     logger.info(
@@ -75,6 +77,13 @@ def run_from_hydra(cfg: DictConfig) -> None:
         result.run_dir,
         result.tracking_uri,
     )
+
+
+def _discard_unstarted_run_directory(run_dir: Path, hydra_log: str) -> None:
+    """Remove the directory Hydra made for a run refused before it started: it holds Hydra's log alone
+    (a run that got as far as locking its directory, or another run's directory, holds more)."""
+    if run_dir.is_dir() and {path.name for path in run_dir.iterdir()} <= {hydra_log}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def unusable_path_override(overrides: list[str]) -> str | None:

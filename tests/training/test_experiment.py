@@ -148,7 +148,7 @@ def test_a_bad_path_or_count_is_one_line_and_leaves_no_directory(tmp_path, overr
     assert message in output
     assert "sync copies" not in output, "the env was built before the setting was checked"
     assert not (tmp_path / "nowhere").exists()
-    assert not (run_dir / "checkpoints").exists()
+    assert not run_dir.exists(), "a run refused before it started leaves no directory (Hydra's own removed)"
 
 
 @pytest.mark.slow
