@@ -1,5 +1,5 @@
-"""TruDi (as its authors built it) and REPPO end to end: their recipes learn Isaac-Cartpole (CPU, offline assets)
-and land their trust-region and temperature metrics in MLflow."""
+"""TruDi (as its authors built it), REPPO, TruDi-PPO and DPPO end to end: each recipe learns Isaac-Cartpole
+(CPU, offline assets) and lands its trust-region diagnostics in MLflow. GenPO and PPO have their own files."""
 
 from __future__ import annotations
 
@@ -18,12 +18,31 @@ PATHWISE_METRICS = (
     "loss_actor", "loss_critic", "loss_critic_aux", "loss_alpha", "loss_lambda", "path_kl", "path_kl_max",
     "trust_region_fraction", "alpha", "lagrange_multiplier", "entropy_estimate", "q_value", "reward_scale",
 )  # fmt: skip
+# method -> (recipe and the overrides that select the method, iterations, its diagnostics, its update rule)
+METHODS = {
+    "trudi": (["trudi_isaaclab.py"], 30, PATHWISE_METRICS, "pathwise_update.PathwiseUpdate"),
+    "reppo": (["reppo_isaaclab.py"], 30, PATHWISE_METRICS, "pathwise_update.PathwiseUpdate"),
+    "trudi_ppo": (
+        ["trudi_isaaclab.py", "algorithm=trudi_ppo"],
+        40,
+        ("chain_kl", "chain_kl_projected", "projected_fraction", "loss_trust_region", "kl_approx"),
+        "ppo_update.PPOUpdate",
+    ),
+    "dppo": (
+        ["dppo_isaaclab.py"],
+        40,
+        ("kl_approx", "step_kl_approx", "clip_fraction", "clip_fraction_1", "clip_fraction_5"),
+        "ppo_update.PPOUpdate",
+    ),
+}
 
 
-def train(recipe: str, run_dir: Path, iterations: int) -> tuple[MlflowClient, str]:
+def train(recipe: list[str], run_dir: Path, iterations: int) -> tuple[MlflowClient, str]:
+    script, *selection = recipe
     command = [
         sys.executable,
-        str(REPO / "recipes" / f"{recipe}.py"),
+        str(REPO / "recipes" / script),
+        *selection,
         f"hydra.run.dir={run_dir}",
         "logger.progress=false",
         "env.assets=offline",
@@ -40,16 +59,18 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("recipe", "iterations"), [("trudi_isaaclab", 30), ("reppo_isaaclab", 30)])
-def test_pathwise_recipe_learns_isaac_cartpole_and_tracks_its_duals(recipe, iterations, tmp_path):
-    client, run_id = train(recipe, tmp_path / recipe, iterations)
+@pytest.mark.parametrize("method", list(METHODS))
+def test_recipe_learns_isaac_cartpole_and_tracks_its_trust_region(method, tmp_path):
+    recipe, iterations, diagnostics, update_rule = METHODS[method]
+    client, run_id = train(recipe, tmp_path / method, iterations)
     returns = history(client, run_id, "episode_return")
     first, last = returns[:5], returns[-5:]
     # A random policy scores about -2 on Cartpole, balancing 300 steps about 4.9.
     assert sum(last) / len(last) > sum(first) / len(first) + 1.5, returns
     metrics = client.get_run(run_id).data.metrics
-    for key in PATHWISE_METRICS:
+    for key in diagnostics:
         assert math.isfinite(metrics[key]), key
-    assert 0 <= metrics["trust_region_fraction"] <= 1
+    if "trust_region_fraction" in diagnostics:
+        assert 0 <= metrics["trust_region_fraction"] <= 1
     params = client.get_run(run_id).data.params
-    assert params["trainer._target_"] == "diffrl.training.pathwise_update.PathwiseUpdate"
+    assert params["trainer._target_"] == f"diffrl.training.{update_rule}"
