@@ -178,11 +178,7 @@ class DPPOLoss(DenoisingChainPPOLoss):
         # The exact chain log-ratio (the stored log-probability is the rollout chain's), for the diagnostics.
         chain_log_ratio = self._log_ratio(new_entries.sum((-2, -1)), old_log_prob)
 
-        if advantage.shape != chain_log_ratio.shape:
-            raise ValueError(
-                f"advantage has shape {tuple(advantage.shape)}, expected {tuple(chain_log_ratio.shape)}: "
-                "store it as [*B, 1], as TorchRL's GAE writes it"
-            )
+        self._require_advantage_shape(advantage, chain_log_ratio)
         step_advantage = advantage * self.step_discounts.to(advantage.dtype)  # [*B, K]
         clips = self.step_clips.to(advantage.dtype)
         step_log_ratio = new_steps - old_steps

@@ -114,6 +114,15 @@ class ExactRatioPPOLoss(ClipPPOLoss):
             )
         return (log_prob - old_log_prob).unsqueeze(-1)
 
+    @staticmethod
+    def _require_advantage_shape(advantage: torch.Tensor, log_weight: torch.Tensor) -> None:
+        """The advantage is [*B, 1] like the log-ratio ([*B] would broadcast; TorchRL's ClipPPOLoss rejects it too)."""
+        if advantage.shape != log_weight.shape:
+            raise ValueError(
+                f"advantage has shape {tuple(advantage.shape)} but the log-ratio {tuple(log_weight.shape)}: "
+                "store the advantage as [*B, 1], as TorchRL's GAE writes it"
+            )
+
     def _surrogate(
         self,
         log_weight: torch.Tensor,
@@ -126,11 +135,7 @@ class ExactRatioPPOLoss(ClipPPOLoss):
 
         Returns the surrogate, the clip fraction, the outlier mask [*B, 1] and the outlier fraction.
         """
-        if advantage.shape != log_weight.shape:
-            raise ValueError(
-                f"advantage has shape {tuple(advantage.shape)} but the log-ratio {tuple(log_weight.shape)}: "
-                "store the advantage as [*B, 1], as TorchRL's GAE writes it"
-            )
+        self._require_advantage_shape(advantage, log_weight)
         self.numerics.require_finite(log_weight, what, tensordict, self.tensor_keys.action)
         magnitude = log_weight.detach().abs()
         outlier = magnitude > self.max_abs_log_ratio

@@ -98,12 +98,16 @@ def _tensors(state: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]
 
 
 def non_finite_entries(states: dict[str, Any]) -> list[str]:
-    """The floating-point tensors of ``states`` (name -> state dict) that hold NaN or inf; one host sync."""
-    floats = [(path, tensor) for path, tensor in _tensors(states) if tensor.is_floating_point() and tensor.numel()]
-    if not floats:
-        return []
-    finite = torch.stack([torch.isfinite(tensor).all().to("cpu", non_blocking=False) for _, tensor in floats])
-    return [path for (path, _), ok in zip(floats, finite.tolist(), strict=True) if not ok]
+    """The floating-point tensors of ``states`` (name -> state dict) that hold NaN or inf; one host sync per device."""
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for path, tensor in _tensors(states):
+        if tensor.is_floating_point() and tensor.numel():
+            by_device.setdefault(tensor.device, []).append((path, tensor))
+    bad = []
+    for entries in by_device.values():
+        finite = torch.stack([torch.isfinite(tensor).all() for _, tensor in entries]).tolist()
+        bad += [path for (path, _), ok in zip(entries, finite, strict=True) if not ok]
+    return bad
 
 
 class RunState:
