@@ -347,7 +347,8 @@ def test_a_nan_observation_is_named_with_its_env_before_it_reaches_the_normalize
     assert all(bool(entry.isfinite().all()) for entry in (*mean.values(), *second_moment.values()))
 
 
-def test_checks_off_lets_the_run_go_on_but_never_checkpoints_non_finite_weights(tmp_path, caplog):
+def test_checks_off_lets_the_run_go_on_but_never_checkpoints_non_finite_weights(tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs the NaN controls to MUJOCO_LOG.TXT in the working directory
     trainer = make_trainer(tmp_path, total_frames=3 * NUM_ENVS * STEPS, check_numerics=False)
     trainer.env.append_transform(NaNRewardForEnv(index=0, after=STEPS + 3))
     # No check: the NaN reaches the update and the weights, as asked; the checkpoint is refused.
