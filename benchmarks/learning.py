@@ -50,7 +50,7 @@ from common import format_machine, format_table, machine_description, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 ISAACLAB_CLI = Path(sys.executable).with_name("isaaclab")
-ALGORITHMS = ("genpo", "trudi", "reppo", "trudi_ppo", "dppo", "ppo", "rsl_rl")
+ALGORITHMS = ("genpo", "trudi", "reppo", "trudi_ppo", "dppo", "fpo", "ppo", "rsl_rl")
 # The recipe each diffrl algorithm runs through, and the overrides that pick it there.
 RECIPES = {
     "genpo": ("genpo_isaaclab", []),
@@ -58,6 +58,7 @@ RECIPES = {
     "reppo": ("reppo_isaaclab", []),
     "trudi_ppo": ("trudi_isaaclab", ["algorithm=trudi_ppo"]),
     "dppo": ("dppo_isaaclab", []),
+    "fpo": ("fpo_isaaclab", []),
     "ppo": ("ppo_isaaclab", []),
 }
 DEFAULT_OUT = REPO / "benchmarks" / "out" / "learning"

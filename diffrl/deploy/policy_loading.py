@@ -131,6 +131,19 @@ class _StateReceiver:
         self.state = state
 
 
+def _deployed_actor_state(
+    actor_state: dict[str, Any], average_state: dict[str, Any] | None, config: dict[str, Any]
+) -> dict[str, Any]:
+    """The weights a user runs: the actor's weight average once warm (as in ``policy.pt``), else the actor's."""
+    if average_state is None:
+        return actor_state
+    warmup = config["trainer"]["ema_warmup_updates"]
+    if int(average_state["updates"]) <= warmup:
+        return actor_state
+    prefix = "average."
+    return {key.removeprefix(prefix): value for key, value in average_state.items() if key.startswith(prefix)}
+
+
 def _load_checkpoint(path: Path) -> LoadedPolicy:
     if not Checkpoint.is_checkpoint(path):
         raise ValueError(f"{path} is not a TorchRL checkpoint (no readable manifest): corrupted or wrong path")
@@ -145,22 +158,25 @@ def _load_checkpoint(path: Path) -> LoadedPolicy:
         verify_tensor_files(component)
     for component in path.glob("components/*-observation_normalizer"):
         verify_tensor_files(component)
-    actor, normalizer = _StateReceiver(), _StateReceiver()
+    for component in path.glob("components/*-actor_average"):
+        verify_tensor_files(component)
+    actor, normalizer, average = _StateReceiver(), _StateReceiver(), _StateReceiver()
     try:
-        result = Checkpoint(actor=actor, observation_normalizer=normalizer, strict="ignore").load(
-            path, components=["actor", "observation_normalizer"], map_location="cpu"
-        )
+        result = Checkpoint(
+            actor=actor, observation_normalizer=normalizer, actor_average=average, strict="ignore"
+        ).load(path, components=["actor", "observation_normalizer", "actor_average"], map_location="cpu")
     except (CheckpointError, RuntimeError, KeyError, ValueError, OSError) as error:
         raise ValueError(f"cannot read checkpoint {path}: {error}") from error
     if actor.state is None:
         raise ValueError(f"checkpoint {path} has no actor component (found {sorted(result.unrequested)})")
+    actor_state = _deployed_actor_state(actor.state, average.state, config)
     metadata = Checkpoint.manifest(path).get("metadata", {})
     if not {"obs_dim", "action_dim"} <= metadata.keys():
         raise ValueError(
             f"checkpoint {path} does not record the observation and action sizes (written by an older diffrl)"
         )
     dims = (metadata["obs_dim"], metadata["action_dim"])
-    return _rebuild(actor.state, normalizer.state, config, path, run_dir, dims)
+    return _rebuild(actor_state, normalizer.state, config, path, run_dir, dims)
 
 
 def load_policy(path: str | os.PathLike) -> LoadedPolicy:

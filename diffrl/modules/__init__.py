@@ -2,9 +2,11 @@
 the Gaussian actors (PPO's, REPPO's squashed one), the value and Q critics. Every actor keeps the contract of
 :mod:`diffrl.modules.generative_policy`."""
 
+from diffrl.modules.cfm_flow import CFMFlow
 from diffrl.modules.denoising_chain import DenoisingChain
 from diffrl.modules.dime_actor import DIMEActor
 from diffrl.modules.dime_control_net import DIMEControlNet
+from diffrl.modules.fpo_actor import FPOActor
 from diffrl.modules.gaussian_actor import GaussianActor
 from diffrl.modules.generative_policy import ExportableActor, GenerativePolicy
 from diffrl.modules.genpo_actor import GenPOActor
@@ -20,10 +22,12 @@ from diffrl.modules.value_net import make_value_network
 from diffrl.modules.velocity_net import VelocityNet
 
 __all__ = [
+    "CFMFlow",
     "DIMEActor",
     "DIMEControlNet",
     "DenoisingChain",
     "ExportableActor",
+    "FPOActor",
     "GaussianActor",
     "GenPOActor",
     "GenPODistribution",

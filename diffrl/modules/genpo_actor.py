@@ -28,6 +28,10 @@ class GenPOActor(GenerativePolicy):
       the loss evaluates;
     - ``log_prob_key`` [*B]: its exact log π, from the base noise (no inversion), detached.
 
+    With the flow's learnable volume the noise is scaled by e^{ℓ(s)} inside the flow, so every path
+    (sampling, :meth:`get_dist`, :meth:`export_sampler`) applies it; zero noise stays zero, so the
+    deterministic action is the velocity net's F(0; s) either way.
+
     Sampling runs without gradient (the loss re-evaluates the stored latent through
     :meth:`get_dist`). When TorchRL's exploration type is deterministic (``DETERMINISTIC``,
     ``MODE`` or ``MEAN``, e.g. inside ``set_exploration_type(ExplorationType.DETERMINISTIC)``)
@@ -90,6 +94,7 @@ class GenPOActor(GenerativePolicy):
             "kind": "genpo_flow",
             "steps": self.flow.num_steps,
             "mix": self.flow.mix,
+            "learnable_volume": self.flow.learnable_volume,
             "noise_layout": "[x_0 (d), y_0 (d)]: the base noise of GenPO's doubled action; action = (x_N + y_N)/2",
             "squash": None,
         }
@@ -108,7 +113,7 @@ class GenPOActor(GenerativePolicy):
             noise = torch.randn(noise_shape, dtype=observation.dtype, device=observation.device)
         latent = self.flow(noise, observation)
         self.numerics.require_finite(latent, "GenPO latent action (the velocity net has diverged)", tensordict)
-        log_prob = self.flow.log_prob_of_noise(noise)
+        log_prob = self.flow.log_prob_of_noise(noise, observation)
         tensordict.set(self.action_key, self.flow.action_from_latent(latent))
         tensordict.set(self.latent_key, latent)
         tensordict.set(self.log_prob_key, log_prob)
@@ -116,7 +121,10 @@ class GenPOActor(GenerativePolicy):
 
 
 class GenPOSampler(nn.Module):
-    """GenPO's N-step doubled-action flow from explicit base noise: [B, o], [B, 2d] → action [B, d]."""
+    """GenPO's N-step doubled-action flow from explicit base noise: [B, o], [B, 2d] → action [B, d].
+
+    The flow's learnable volume, when on, is part of :meth:`GenPOFlow.forward` and so of the export.
+    """
 
     def __init__(self, flow: GenPOFlow) -> None:
         super().__init__()

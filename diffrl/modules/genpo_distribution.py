@@ -16,10 +16,11 @@ from diffrl.modules.genpo_flow import GenPOFlow
 class GenPODistribution(Distribution):
     """π_θ(ã | s) over latent actions ã = (x, y) ∈ R^{2d}, the push-forward of N(0, I_{2d}) by the flow.
 
-    ``log_prob`` is exact, by one inversion of the flow and its constant log-determinant;
+    ``log_prob`` is exact, by one inversion of the flow and its closed-form log-determinant;
     sampling needs one forward pass and knows its log-likelihood from the noise, so
     :meth:`rsample_and_log_prob` costs one pass and no inversion. Its gradient flows to the
-    velocity net through the reparameterized sample (for entropy and compression terms).
+    velocity net through the reparameterized sample (for the compression term) and, with the flow's
+    learnable volume, to its log-scale head through the log-determinant (for the entropy term).
 
     Args:
         flow: the :class:`GenPOFlow`.
@@ -60,7 +61,7 @@ class GenPODistribution(Distribution):
     def rsample_and_log_prob(self, sample_shape: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterized latent actions [*S, *B, 2d] and their exact log π [*S, *B], one flow pass."""
         noise = self._noise(sample_shape)
-        return self._push_forward(noise), self.flow.log_prob_of_noise(noise)
+        return self._push_forward(noise), self.flow.log_prob_of_noise(noise, self.observation)
 
     def rsample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
         return self._push_forward(self._noise(sample_shape))
@@ -78,7 +79,8 @@ class GenPODistribution(Distribution):
             raise ValueError(f"need one batch dimension and 1 <= sample_rows <= {self.batch_shape}, got {rows}")
         noise = self._noise(torch.Size())[:rows]
         base, fresh = self.flow.inverse_and_forward(value, self.observation, noise, self.observation[:rows])
-        return self.flow.log_prob_of_noise(base), fresh, self.flow.log_prob_of_noise(noise)
+        log_prob = self.flow.log_prob_of_noise(base, self.observation)
+        return log_prob, fresh, self.flow.log_prob_of_noise(noise, self.observation[:rows])
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Exact log π(ã | s) by inversion, [*S, *B, 2d] → [*S, *B]."""

@@ -1,7 +1,8 @@
-"""GenPO's exactly invertible doubled-action flow (arXiv 2505.18763).
+"""GenPO's exactly invertible doubled-action flow (arXiv 2505.18763), optionally with a learnable volume.
 
 Symbols: B any leading batch shape, d the action dimension, o the observation size,
-N the number of flow steps, p the mixing coefficient.
+N the number of flow steps, p the mixing coefficient, ℓ(s) ∈ R^d the learnable log-scale,
+L its bound.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
 
 
 class GenPOFlow(nn.Module):
-    r"""The doubled-action flow of GenPO: an invertible map of R^{2d} with a constant Jacobian.
+    r"""The doubled-action flow of GenPO: an invertible map of R^{2d} with a closed-form Jacobian determinant.
 
     The latent action ã = (x, y) ∈ R^{2d} is obtained from base noise (x_0, y_0) ~ N(0, I_{2d})
     by N steps on the grid t_i = i/N with Δt = 1/N, all sharing one velocity net v_θ:
@@ -38,7 +39,36 @@ class GenPOFlow(nn.Module):
 
     .. math:: \log π(ã|s) = \log N(F^{-1}(ã; s); 0, I_{2d}) - 2 N d \log p
 
-    without any Jacobian computation. The executed action is (x_N + y_N)/2.
+    without any Jacobian computation. The executed action is (x_N + y_N)/2. A consequence
+    (docs/genpo.md): the entropy of ã, d(1 + log 2π) + 2·N·d·log p, is the same for every θ,
+    so an entropy bonus cannot move the policy.
+
+    **Learnable volume** (``learnable_volume=True``, not in GenPO): before the first step both
+    halves of the noise are scaled by one state-dependent factor per action coordinate,
+
+    .. math:: (x_0, y_0) \mapsto (e^{ℓ(s)} ⊙ x_0,\; e^{ℓ(s)} ⊙ y_0), \qquad
+              ℓ(s) = L \tanh(h_φ(s) / L),
+
+    with h_φ a linear head on the observation whose weights and bias start at zero. The step is
+    diagonal in z with entries that do not depend on z, so its log-determinant is exactly
+    2·Σ_j ℓ_j(s), and
+
+    .. math:: \log π(ã|s) = \log N(F^{-1}(ã; s); 0, I_{2d}) - 2 N d \log p - 2 \textstyle\sum_j ℓ_j(s),
+
+    which makes the entropy d(1 + log 2π) + 2·N·d·log p + 2·Σ_j ℓ_j(s) a function of φ. At
+    initialization ℓ = 0 exactly (tanh(0) = 0, e^0 = 1) and the flow is GenPO's, bit for bit. The
+    scale sits on the noise, before the steps, rather than on the latent after them, because
+
+    - the zero-noise (deterministic) action F(0; s) stays the velocity net's alone: the head sets the
+      spread around it, as a Gaussian policy's standard deviation does. A scale after the last step
+      would multiply the action's location too, so narrowing the spread around an action a would
+      need the flow to output a·e^{−ℓ}, ever larger velocities;
+    - one ℓ for both halves keeps the symmetry of x and y (one velocity net, the executed action their
+      mean) and shrinks x_0 − y_0 together with x_0 + y_0, so narrowing the spread no longer needs the
+      flow to spread x − y, which the compression loss fights.
+
+    The tanh bound L (``max_log_scale``) keeps e^{ℓ} within [e^{−L}, e^{L}] smoothly; it is part of
+    the map, so the log-determinant above stays exact.
 
     Reference: Ding et al., "GenPO: Generative Diffusion Models Meet On-Policy
     Reinforcement Learning", arXiv 2505.18763.
@@ -49,6 +79,8 @@ class GenPOFlow(nn.Module):
         num_steps: N (GenPO default 5).
         mix: p ∈ (0, 1] (GenPO default 0.95); 1 means no mixing.
         hidden_sizes, activation, time_embed_dim: the :class:`VelocityNet`.
+        learnable_volume: add the state-dependent noise scale e^{ℓ(s)} (default off: GenPO as published).
+        max_log_scale: L > 0, the bound of |ℓ| (used only with ``learnable_volume``).
 
     Example:
         >>> import torch
@@ -59,6 +91,11 @@ class GenPOFlow(nn.Module):
         True
         >>> flow.log_prob(latent, obs).shape
         torch.Size([5])
+        >>> volume = GenPOFlow(action_dim=2, obs_dim=3, hidden_sizes=[32, 32], learnable_volume=True)
+        >>> volume.load_state_dict(flow.state_dict(), strict=False).missing_keys  # the head starts at zero
+        ['volume_head.weight', 'volume_head.bias']
+        >>> torch.equal(volume(noise, obs), latent), volume.log_scale(obs).shape
+        (True, torch.Size([5, 2]))
     """
 
     def __init__(
@@ -70,6 +107,8 @@ class GenPOFlow(nn.Module):
         hidden_sizes: Sequence[int] = (400, 200, 100),
         activation: Activation = "mish",
         time_embed_dim: int = 32,
+        learnable_volume: bool = False,
+        max_log_scale: float = 5.0,
     ) -> None:
         super().__init__()
         if not 0.0 < mix <= 1.0:
@@ -78,17 +117,33 @@ class GenPOFlow(nn.Module):
             raise ValueError(f"GenPO needs at least one flow step, got num_steps={num_steps}")
         if action_dim < 1 or obs_dim < 1:
             raise ValueError(f"action_dim and obs_dim must be positive, got {action_dim}, {obs_dim}")
+        if not 0.0 < max_log_scale < math.inf:
+            raise ValueError(f"max_log_scale must be positive and finite, got {max_log_scale}")
         self.action_dim = action_dim
         self.obs_dim = obs_dim
         self.num_steps = num_steps
         self.mix = mix
         self.velocity_net = VelocityNet(action_dim, obs_dim, hidden_sizes, activation, time_embed_dim)
         self.register_buffer("time_grid", torch.arange(num_steps) / num_steps)
+        self.learnable_volume = learnable_volume
+        self.max_log_scale = max_log_scale
+        self.volume_head: nn.Linear | None = None
+        if learnable_volume:
+            # skip_init draws no random numbers: a seeded run samples the same noise with the option on or off.
+            self.volume_head = nn.utils.skip_init(nn.Linear, obs_dim, action_dim)
+            nn.init.zeros_(self.volume_head.weight)
+            nn.init.zeros_(self.volume_head.bias)
 
     @property
-    def log_abs_det_jacobian(self) -> float:
-        """log|det ∂F/∂z| of the forward map: 2·N·d·log p, the same for every input."""
+    def constant_log_abs_det(self) -> float:
+        """2·N·d·log p: the N steps' log|det|, the same for every input and θ (all of log|det ∂F/∂z| in GenPO)."""
         return 2.0 * self.num_steps * self.action_dim * math.log(self.mix)
+
+    def log_scale(self, obs: torch.Tensor) -> torch.Tensor:
+        """ℓ(s) = L·tanh(h_φ(s)/L), the log of the noise scale, [*B, o] → [*B, d]; zero without the learnable volume."""
+        if self.volume_head is None:
+            return obs.new_zeros(*obs.shape[:-1], self.action_dim)
+        return self.max_log_scale * torch.tanh(self.volume_head(obs) / self.max_log_scale)
 
     def _check(self, tensor: torch.Tensor, obs: torch.Tensor, name: str) -> None:
         if tensor.shape[-1] != 2 * self.action_dim:
@@ -109,6 +164,9 @@ class GenPOFlow(nn.Module):
         p, dt = self.mix, 1.0 / self.num_steps
         velocity = self.velocity_net.velocity_in_context
         x, y = noise.chunk(2, dim=-1)
+        if self.volume_head is not None:
+            scale = self.log_scale(obs).exp()
+            x, y = x * scale, y * scale
         for context in self._contexts(obs, self._time_features(noise.dtype)):
             x = torch.add(x, velocity(y, context), alpha=dt)
             y = torch.add(y, velocity(x, context), alpha=dt)
@@ -127,6 +185,9 @@ class GenPOFlow(nn.Module):
             x = torch.add(x, y, alpha=-(1.0 - p)).div_(p)
             y = torch.sub(y, velocity(x, context), alpha=dt)
             x = torch.sub(x, velocity(y, context), alpha=dt)
+        if self.volume_head is not None:
+            scale = self.log_scale(obs).exp()
+            x, y = x / scale, y / scale
         return torch.cat([x, y], dim=-1)
 
     def inverse_and_forward(
@@ -151,6 +212,9 @@ class GenPOFlow(nn.Module):
         forward_contexts = self._contexts(noise_obs, time_features)
         x, y = latent.chunk(2, dim=-1)  # walked back to the noise
         u, w = noise.chunk(2, dim=-1)  # walked forward to a latent
+        if self.volume_head is not None:
+            scale = self.log_scale(noise_obs).exp()
+            u, w = u * scale, w * scale
         for step in range(self.num_steps):
             context = torch.cat([inverse_contexts[self.num_steps - 1 - step], forward_contexts[step]])
             y = torch.add(y, x, alpha=-(1.0 - p)).div_(p)
@@ -161,6 +225,9 @@ class GenPOFlow(nn.Module):
             x, w = torch.sub(x, both[:rows], alpha=dt), torch.add(w, both[rows:], alpha=dt)
             u = torch.lerp(w, u, p)
             w = torch.lerp(u, w, p)
+        if self.volume_head is not None:
+            scale = self.log_scale(latent_obs).exp()
+            x, y = x / scale, y / scale
         return torch.cat([x, y], dim=-1), torch.cat([u, w], dim=-1)
 
     def _time_features(self, dtype: torch.dtype) -> torch.Tensor:
@@ -173,13 +240,21 @@ class GenPOFlow(nn.Module):
         features = self.velocity_net.encode_observation(obs)
         return [features + time_features[step] for step in range(self.num_steps)]
 
-    def log_prob_of_noise(self, noise: torch.Tensor) -> torch.Tensor:
-        """log π(F(z)|s) from the base noise z that produced it, [*B, 2d] → [*B]: no inversion."""
-        return standard_normal_log_prob(noise) - self.log_abs_det_jacobian
+    def log_prob_of_noise(self, noise: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """log π(F(z; s)|s) from the base noise z that produced it, [*B, 2d] and [*B, o] → [*B]: no inversion.
+
+        With the learnable volume the result depends on φ through ℓ(s), so an entropy estimate −log π
+        of fresh samples carries the entropy's exact gradient 2·Σ_j ∇ℓ_j(s); ``obs`` may also be of a
+        shape that broadcasts against the noise's batch shape.
+        """
+        log_prob = standard_normal_log_prob(noise) - self.constant_log_abs_det
+        if self.volume_head is None:
+            return log_prob
+        return log_prob - 2.0 * self.log_scale(obs).sum(-1)
 
     def log_prob(self, latent: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         """Exact log π(ã|s) by inversion, [*B, 2d] → [*B]."""
-        return self.log_prob_of_noise(self.inverse(latent, obs))
+        return self.log_prob_of_noise(self.inverse(latent, obs), obs)
 
     @staticmethod
     def action_from_latent(latent: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ from diffrl.numerics import NumericalError
 from diffrl.objectives.denoising_chain_ppo import DenoisingChainPPOLoss
 from diffrl.objectives.dppo import DPPOLoss
 from diffrl.objectives.exact_ratio_ppo import ExactRatioPPOLoss
+from diffrl.objectives.fpo import FPOPlusPlusLoss
+from diffrl.objectives.generative_ppo import GenerativePPOLoss
 from diffrl.objectives.genpo import GenPOLoss
 from diffrl.objectives.pathwise import PathwiseTrustRegionLoss
 from diffrl.objectives.reppo import REPPOLoss
@@ -20,7 +22,9 @@ __all__ = [
     "DPPOLoss",
     "DenoisingChainPPOLoss",
     "ExactRatioPPOLoss",
+    "FPOPlusPlusLoss",
     "GenPOLoss",
+    "GenerativePPOLoss",
     "NumericalError",
     "PathwiseTrustRegionLoss",
     "REPPOLoss",

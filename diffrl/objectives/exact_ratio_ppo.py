@@ -1,27 +1,22 @@
-"""What GenPO's and TruDi-PPO's losses share around their policy terms."""
+"""The exact likelihood-ratio surrogate that GenPO, TruDi-PPO and DPPO share."""
 
 from __future__ import annotations
 
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictModuleBase
-from torchrl.objectives import ClipPPOLoss
 
-from diffrl.numerics import NumericsMonitor
-from diffrl.torchrl_compat import ppo_clip_bounds, ppo_has_critic, ppo_normalized_advantage
+from diffrl.objectives.generative_ppo import GenerativePPOLoss
+from diffrl.torchrl_compat import ppo_clip_bounds
 
 
-class ExactRatioPPOLoss(ClipPPOLoss):
+class ExactRatioPPOLoss(GenerativePPOLoss):
     """Base of the clipped-PPO losses whose ratio is an exact likelihood ratio of a generative policy.
 
-    It owns the constructor arguments these losses share and the output keys every one of them
-    reports; subclasses write the policy terms of ``forward`` and list their own outputs in
-    :meth:`_policy_out_keys`. This class fetches (or computes) and normalizes the advantage,
-    computes the clipped surrogate with its outlier safeguard (:meth:`_surrogate`), and adds the
-    entropy bonus and the clipped value loss with its diagnostics, so every such loss reports the
-    same ``loss_entropy``, ``loss_critic``, ``explained_variance`` and ``value_clip_fraction`` as
-    TorchRL's ``ClipPPOLoss``. ``out_keys`` can be set (or narrowed with ``select_out_keys``) as on
-    any TorchRL loss.
+    On top of :class:`~diffrl.objectives.generative_ppo.GenerativePPOLoss` (shared arguments, output
+    keys, advantage, entropy and critic terms) it forms the exact log-ratio against the stored
+    log-probability (:meth:`_log_ratio`) and the clipped surrogate with its outlier safeguard
+    (:meth:`_surrogate`).
 
     The outlier safeguard: an exact likelihood of a sharply peaked generative policy can move by
     tens of nats on a single stored sample after one step (seen with GenPO on Isaac-Cartpole after
@@ -36,13 +31,8 @@ class ExactRatioPPOLoss(ClipPPOLoss):
     Args:
         actor_network: the generative actor.
         critic_network: a value module writing ``"state_value"`` [*B, 1] (``None``: no critic loss).
-        clip_epsilon: PPO's ratio clip.
-        critic_coeff: value-loss weight.
-        clip_value: value clip around the rollout's value (``None`` disables).
-        loss_critic_type: ``"l2"``, ``"l1"`` or ``"smooth_l1"``.
-        entropy_coeff: the entropy bonus weight c_H.
-        normalize_advantage: standardize advantages per minibatch (the trainer normalizes over the
-            whole rollout instead, as rsl_rl does).
+        clip_epsilon, critic_coeff, clip_value, loss_critic_type, entropy_coeff, normalize_advantage:
+            as :class:`~diffrl.objectives.generative_ppo.GenerativePPOLoss`.
         max_abs_log_ratio, max_outlier_fraction: the outlier safeguard above.
     """
 
@@ -60,8 +50,6 @@ class ExactRatioPPOLoss(ClipPPOLoss):
         max_abs_log_ratio: float = 20.0,
         max_outlier_fraction: float = 0.05,
     ) -> None:
-        if entropy_coeff < 0:
-            raise ValueError(f"entropy_coeff must be >= 0, got {entropy_coeff}")
         if not max_abs_log_ratio > 0 or not 0 <= max_outlier_fraction <= 1:
             raise ValueError(
                 f"need max_abs_log_ratio > 0 and 0 <= max_outlier_fraction <= 1, got "
@@ -71,38 +59,14 @@ class ExactRatioPPOLoss(ClipPPOLoss):
             actor_network,
             critic_network,
             clip_epsilon=clip_epsilon,
-            entropy_bonus=False,  # each loss computes its own entropy estimate
-            entropy_coeff=entropy_coeff,
-            critic_coeff=critic_coeff if critic_network is not None else None,
+            critic_coeff=critic_coeff,
             clip_value=clip_value,
             loss_critic_type=loss_critic_type,
+            entropy_coeff=entropy_coeff,
             normalize_advantage=normalize_advantage,
-            functional=False,
         )
         self.max_abs_log_ratio = max_abs_log_ratio
         self.max_outlier_fraction = max_outlier_fraction
-        self.has_entropy_term = entropy_coeff > 0  # a Python bool: reading the buffer would sync the host
-        self.numerics = NumericsMonitor()
-
-    def _policy_out_keys(self) -> list[str]:
-        raise NotImplementedError
-
-    @property
-    def out_keys(self) -> list[str]:
-        if self._out_keys is not None:
-            return self._out_keys
-        keys = self._policy_out_keys()
-        if self.has_entropy_term:
-            keys.append("loss_entropy")
-        if ppo_has_critic(self):
-            keys += ["loss_critic", "explained_variance"]
-            if self.clip_value is not None:
-                keys.append("value_clip_fraction")
-        return keys
-
-    @out_keys.setter
-    def out_keys(self, values: list[str] | None) -> None:
-        self._out_keys = None if values is None else list(values)
 
     def _log_ratio(self, log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:
         """log π_θ − log π_old as [*B, 1]; a stored log-probability of another shape is an error, not a broadcast."""
@@ -113,15 +77,6 @@ class ExactRatioPPOLoss(ClipPPOLoss):
                 "writes it, [*B]"
             )
         return (log_prob - old_log_prob).unsqueeze(-1)
-
-    @staticmethod
-    def _require_advantage_shape(advantage: torch.Tensor, log_weight: torch.Tensor) -> None:
-        """The advantage is [*B, 1] like the log-ratio ([*B] would broadcast; TorchRL's ClipPPOLoss rejects it too)."""
-        if advantage.shape != log_weight.shape:
-            raise ValueError(
-                f"advantage has shape {tuple(advantage.shape)} but the log-ratio {tuple(log_weight.shape)}: "
-                "store the advantage as [*B, 1], as TorchRL's GAE writes it"
-            )
 
     def _surrogate(
         self,
@@ -163,24 +118,3 @@ class ExactRatioPPOLoss(ClipPPOLoss):
             "moved far from the one that collected the data, or the stored data do not belong to it; lower the "
             "learning rate or the target KL"
         )
-
-    def _advantage(self, tensordict: TensorDictBase) -> torch.Tensor:
-        """The advantage [*B, 1]: stored, or computed by the value estimator; normalized if asked."""
-        advantage = tensordict.get(self.tensor_keys.advantage, None)
-        if advantage is None:
-            self.value_estimator(tensordict)
-            advantage = tensordict.get(self.tensor_keys.advantage)
-        return ppo_normalized_advantage(self, advantage, tensordict)
-
-    def _add_entropy_and_critic(
-        self, out: TensorDictBase, entropy: torch.Tensor, tensordict: TensorDictBase
-    ) -> TensorDictBase:
-        if self.has_entropy_term:
-            out["loss_entropy"] = -self.entropy_coeff * entropy
-        if ppo_has_critic(self):
-            loss_critic, value_clip_fraction, explained_variance = self.loss_critic(tensordict)
-            out["loss_critic"] = loss_critic.mean()
-            out["explained_variance"] = explained_variance.mean()
-            if value_clip_fraction is not None:
-                out["value_clip_fraction"] = value_clip_fraction
-        return out

@@ -28,7 +28,9 @@ class GenPOLoss(ExactRatioPPOLoss):
     fresh forward pass run as one stacked flow pass (:meth:`GenPOFlow.inverse_and_forward`: 2N
     velocity calls, not 4N). In the doubled space
     Ĥ's expectation is the constant d(1 + log 2π) + 2·N·d·log p, so the entropy bonus has no
-    gradient; it is kept for reporting and for parity with other losses (see docs/genpo.md).
+    gradient; it is kept for reporting and for parity with other losses (see docs/genpo.md). With the
+    flow's ``learnable_volume`` the expectation gains 2·E_s Σ_j ℓ_j(s), and Ĥ carries its exact
+    gradient to the log-scale head.
 
     Outputs: ``loss_objective``, ``loss_critic``, ``loss_compression`` and, when
     ``entropy_coeff > 0``, ``loss_entropy``; diagnostics ``kl_approx`` (k1 estimate of

@@ -185,7 +185,9 @@ def _train(
     if tracker is None:
         return RunResult(run_dir, "", "", history, final_checkpoint)
     curve = plot_learning_curve(history, layout.learning_curve, title=f"{cfg.algorithm.name} on {cfg.env.task}")
-    policy_path = save_policy(layout.policy, actor, observation_normalizer(env), cfg, obs_dim, action_dim)
+    policy_path = save_policy(
+        layout.policy, update.deployed_actor, observation_normalizer(env), cfg, obs_dim, action_dim
+    )
     for artifact in (curve, policy_path):
         tracker.log_artifact(artifact)
     if final_checkpoint is not None:

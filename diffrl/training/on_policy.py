@@ -299,10 +299,14 @@ class OnPolicyTrainer:
         summary = {
             "return": f"{metrics['episode_return']:.3g}",
             "fps": f"{metrics['frames_per_second']:.0f}",
-            # The likelihood-ratio family's sample KL, or the pathwise family's trust-region KL.
-            "kl": f"{metrics.get('kl_approx', metrics.get('path_kl', math.nan)):.2g}",
-            "lr": f"{metrics['learning_rate']:.1e}",
         }
+        # How far the update moved the policy: the likelihood-ratio family's sample KL, the pathwise
+        # family's trust-region KL, or FPO++'s mean |ratio - 1| (it has no KL).
+        for key, label in (("kl_approx", "kl"), ("path_kl", "kl"), ("mean_ratio_deviation", "|ratio-1|")):
+            if key in metrics:
+                summary[label] = f"{metrics[key]:.2g}"
+                break
+        summary["lr"] = f"{metrics['learning_rate']:.1e}"
         bar.update(frames)
         bar.set_postfix(summary, refresh=False)
         if not self.show_progress and self.context.is_main:  # logs still show the run's progress

@@ -11,12 +11,14 @@ from typing import Any
 
 import torch
 from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
 from torchrl.objectives import LossModule
 from torchrl.objectives.value import GAE
 
 from diffrl.numerics import NumericsMonitor
 from diffrl.objectives.pathwise import PathwiseTrustRegionLoss
 from diffrl.training import distributed as parallel
+from diffrl.training.actor_average import ActorAverage
 from diffrl.training.distributed import DistributedContext
 from diffrl.training.update_rule import UpdateRule
 
@@ -80,8 +82,10 @@ class PPOUpdate(UpdateRule):
     Per iteration: advantages by GAE (the env must give the true final observation on a truncated
     step), standardized over the whole rollout (over all ranks under ``torchrun``), then per
     shuffled minibatch the sum of the loss's ``loss_*`` terms, gradient averaging across ranks,
-    global gradient-norm clipping, an Adam step and — per minibatch, as GenPO and rsl_rl do — the
-    KL-adaptive learning rate fed with the loss's ``kl_approx`` (averaged over ranks).
+    global gradient-norm clipping, an Adam step (AdamW with ``weight_decay > 0``) and — per minibatch,
+    as GenPO and rsl_rl do — the KL-adaptive learning rate fed with the loss's ``kl_approx`` (averaged
+    over ranks). With ``ema_decay > 0`` an :class:`~diffrl.training.actor_average.ActorAverage` of the
+    actor is stepped after each iteration and becomes :attr:`deployed_actor` once warm (FPO++'s EMA).
 
     Nothing in :meth:`update` reads a tensor on the host: the metrics come back as 0-d tensors, and
     the numerical checks of the loss and actor are deferred to :attr:`numerics`, which the loop
@@ -91,15 +95,20 @@ class PPOUpdate(UpdateRule):
     schedule of rsl_rl (Rudin et al., arXiv 2109.11978) as GenPO (arXiv 2505.18763) uses them.
 
     Args:
-        loss_module: a PPO-family loss (``ClipPPOLoss``, ``GenPOLoss``, ``TruDiPPOLoss``) whose
+        loss_module: a PPO-family loss (``ClipPPOLoss``, ``GenPOLoss``, ``TruDiPPOLoss``, ``DPPOLoss``,
+            ``FPOPlusPlusLoss``) whose
             ``actor_network`` collects and whose ``critic_network`` GAE reads.
         num_epochs, num_minibatches: the schedule (GenPO Ant: 5 × 4).
         learning_rate: the initial Adam learning rate (GenPO Ant: 5e-4).
         adaptive_lr: adapt the rate to ``desired_kl`` (:class:`KLAdaptiveLearningRate`); else fixed.
+            Needs a loss that reports ``kl_approx`` (FPO++'s does not).
         desired_kl, lr_factor, min_lr, max_lr: the adaptive rule (GenPO: 0.01, 1.5, 1e-5, 1e-2).
         gamma, lmbda: GAE's discount and λ (GenPO: 0.99, 0.95).
         max_grad_norm: the global gradient-norm clip (GenPO: 1.0).
         normalize_advantage: standardize advantages over the rollout.
+        weight_decay: decoupled weight decay (AdamW; FPO++: 1e-4); 0 is plain Adam.
+        ema_decay: the decay of the deployed actor's weight average (FPO++: 0.95); 0 deploys the trained actor.
+        ema_warmup_updates: iterations before that average starts (FPO++: 500).
         distributed: this process's place in a ``torchrun`` launch (``None``: one process).
 
     Example:
@@ -128,6 +137,9 @@ class PPOUpdate(UpdateRule):
         lmbda: float = 0.95,
         max_grad_norm: float = 1.0,
         normalize_advantage: bool = True,
+        weight_decay: float = 0.0,
+        ema_decay: float = 0.0,
+        ema_warmup_updates: int = 500,
         distributed: DistributedContext | None = None,
     ) -> None:
         if isinstance(loss_module, PathwiseTrustRegionLoss):
@@ -136,6 +148,13 @@ class PPOUpdate(UpdateRule):
             raise ValueError(f"num_epochs and num_minibatches must be >= 1, got {num_epochs}, {num_minibatches}")
         if not learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if adaptive_lr and "kl_approx" not in loss_module.out_keys:
+            raise ValueError(
+                f"{type(loss_module).__name__} reports no kl_approx for the KL-adaptive learning rate: set "
+                "trainer.adaptive_lr=false"
+            )
         self.loss_module = loss_module
         self.actor = loss_module.actor_network
         self.critic = loss_module.critic_network
@@ -148,10 +167,15 @@ class PPOUpdate(UpdateRule):
         self.advantage_module = GAE(gamma=gamma, lmbda=lmbda, value_network=self.critic, average_gae=False)
         parameters = list(loss_module.parameters())
         device = parameters[0].device
-        self.optimizer = torch.optim.Adam(
+        optimizer = torch.optim.AdamW if weight_decay > 0 else torch.optim.Adam
+        self.optimizer = optimizer(
             parameters,
             lr=torch.tensor(learning_rate, dtype=torch.float64, device=device),
+            weight_decay=weight_decay,
             capturable=device.type == "cuda",  # the step stays on the GPU: no sync, graph-capturable
+        )
+        self.actor_average = (
+            ActorAverage(self.actor, decay=ema_decay, warmup_updates=ema_warmup_updates) if ema_decay > 0 else None
         )
         self.lr_rule = (
             KLAdaptiveLearningRate(self.optimizer, desired_kl, factor=lr_factor, min_lr=min_lr, max_lr=max_lr)
@@ -166,8 +190,17 @@ class PPOUpdate(UpdateRule):
     def learning_rate(self) -> torch.Tensor:
         return self.optimizer.param_groups[0]["lr"]
 
+    @property
+    def deployed_actor(self) -> TensorDictModuleBase:
+        if self.actor_average is not None and self.actor_average.active:
+            return self.actor_average.average
+        return self.actor
+
     def checkpoint_components(self) -> dict[str, Any]:
-        return {"actor": self.actor, "critic": self.critic, "optimizer": self.optimizer}
+        components = {"actor": self.actor, "critic": self.critic, "optimizer": self.optimizer}
+        if self.actor_average is not None:
+            components["actor_average"] = self.actor_average
+        return components
 
     def update(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -201,6 +234,8 @@ class PPOUpdate(UpdateRule):
                 self.optimizer.step()
                 for key, value in out.items():
                     sums[key] = sums.get(key, 0.0) + value.detach().float()
+        if self.actor_average is not None:
+            self.actor_average.step(self.actor)
         count = self.num_epochs * self.num_minibatches
         metrics = {key: value / count for key, value in sums.items()}
         metrics["grad_norm"] = grad_norm_sum / count

@@ -41,6 +41,11 @@ class UpdateRule(ABC):
         """The stateful parts a checkpoint saves, by name (``"actor"`` is the one deploy reads)."""
 
     @property
+    def deployed_actor(self) -> TensorDictModuleBase:
+        """The actor a user runs (``policy.pt``, export): the trained one, unless the rule keeps an average."""
+        return self.actor
+
+    @property
     @abstractmethod
     def learning_rate(self) -> torch.Tensor:
         """The current learning rate (0-d tensor), reported every iteration."""

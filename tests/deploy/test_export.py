@@ -36,8 +36,10 @@ from diffrl.deploy.export import CONTRACT_FILE, FILE_NAMES, export_policy, norma
 from diffrl.deploy.policy_loading import LoadedPolicy, load_policy
 from diffrl.envs.gym import make_gym_env
 from diffrl.envs.observation_normalizer import ObservationNormalizer
+from diffrl.modules.cfm_flow import CFMFlow
 from diffrl.modules.denoising_chain import DenoisingChain
 from diffrl.modules.dime_actor import DIMEActor
+from diffrl.modules.fpo_actor import FPOActor
 from diffrl.modules.gaussian_actor import GaussianActor
 from diffrl.modules.genpo_actor import GenPOActor
 from diffrl.modules.genpo_flow import GenPOFlow
@@ -69,12 +71,15 @@ def make_actor(kind: str):
         return actor
     if kind == "reppo":
         return SquashedGaussianActor(ACTION_DIM, OBS_DIM, hidden_sizes=[32])
+    if kind == "fpo":
+        return FPOActor(CFMFlow(ACTION_DIM, OBS_DIM, hidden_sizes=[32, 32], num_steps=8), action_noise_std=0.1)
     return GaussianActor(ACTION_DIM, OBS_DIM, hidden_sizes=[32], init_std=0.7)
 
 
-KINDS = ["genpo", "trudi", "trudi_ddim", "dime", "reppo", "gaussian"]
+KINDS = ["genpo", "trudi", "trudi_ddim", "dime", "reppo", "fpo", "gaussian"]
 # kind -> the recipe algorithm whose actor it is ("trudi" is TruDi-PPO's denoising chain, "dime" TruDi's).
 ALGORITHMS = {"genpo": "genpo", "trudi": "trudi_ppo", "trudi_ddim": "trudi_ppo", "dime": "trudi", "reppo": "reppo"}
+ALGORITHMS["fpo"] = "fpo"
 ALGORITHMS["gaussian"] = "ppo"
 SQUASHED = {"trudi", "dime", "reppo"}
 
@@ -145,6 +150,9 @@ def reference_actions(policy: LoadedPolicy, observation: torch.Tensor, noise: to
     if isinstance(actor, DIMEActor):  # exported in ODE mode: the deterministic forward's one prior draw x_0/σ_p
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             return run_with_noise(actor, td, [noise])["action"]
+    if isinstance(actor, FPOActor):  # x_1, the action noise, then the (ε, t) pairs' ε (not part of the action)
+        pairs = torch.zeros(batch, actor.num_cfm_pairs, ACTION_DIM)
+        return run_with_noise(actor, td, [noise[:, :ACTION_DIM], noise[:, ACTION_DIM:], pairs])["action"]
     if isinstance(actor, SquashedGaussianActor):
         mean, std = actor.base_distribution(td["observation"])
         return (mean + std * noise).tanh()
@@ -231,7 +239,12 @@ def test_contract_names_shapes_and_normalizer(exported):
         ("noise", "float32"),
     ]
     assert contract["inputs"][0]["shape"] == ["batch", OBS_DIM]
-    expected_noise = {"genpo": 2 * ACTION_DIM, "trudi": 5 * ACTION_DIM, "trudi_ddim": 4 * ACTION_DIM}
+    expected_noise = {
+        "genpo": 2 * ACTION_DIM,
+        "trudi": 5 * ACTION_DIM,
+        "trudi_ddim": 4 * ACTION_DIM,
+        "fpo": 2 * ACTION_DIM,
+    }
     assert contract["inputs"][1]["shape"] == ["batch", expected_noise.get(kind, ACTION_DIM)]
     assert contract["outputs"] == [{**contract["outputs"][0], "name": "action", "shape": ["batch", ACTION_DIM]}]
     assert contract["action"]["range"] == ([-1.0, 1.0] if kind in SQUASHED else None)
@@ -303,7 +316,9 @@ def test_missing_or_corrupted_sources_are_clear_errors(tmp_path):
         load_policy(tmp_path)
 
 
-@pytest.mark.parametrize("recipe", ["genpo_isaaclab", "trudi_isaaclab", "reppo_isaaclab", "ppo_isaaclab"])
+@pytest.mark.parametrize(
+    "recipe", ["genpo_isaaclab", "trudi_isaaclab", "reppo_isaaclab", "fpo_isaaclab", "ppo_isaaclab"]
+)
 def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
     """policy.pt and a checkpoint, written as a training run writes them, come back as the same actor and normalizer."""
     from hydra import compose, initialize_config_dir
@@ -352,6 +367,40 @@ def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
     tensor_file.write_bytes(tensor_file.read_bytes()[:3])
     with pytest.raises(ValueError, match=rf"corrupted checkpoint: .*{tensor_file.name} has 3 bytes"):
         load_policy(checkpoint)
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_a_checkpoint_deploys_the_actor_s_weight_average_once_warm(warm, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from torchrl.checkpoint import Checkpoint
+
+    from diffrl.training.actor_average import ActorAverage
+    from diffrl.training.recipe import register_configs
+
+    register_configs()
+    with initialize_config_dir(str(Path(__file__).resolve().parents[2] / "recipes" / "config"), version_base="1.3"):
+        overrides = ["task=halfcheetah", "algorithm.hidden_sizes=[32,32]", "trainer.ema_warmup_updates=1"]
+        cfg = compose("fpo_isaaclab", overrides=overrides)
+    actor = make_actor("fpo")
+    average = ActorAverage(actor, decay=0.5, warmup_updates=1)
+    average.step(actor)  # iteration 1: the copy
+    if warm:
+        with torch.no_grad():
+            for parameter in actor.parameters():
+                parameter.add_(1.0)
+        average.step(actor)  # iteration 2: averaged, deployed
+    run_dir = tmp_path / "run"
+    checkpoint = run_dir / "checkpoints" / "checkpoint-000000000002"
+    dims = {"action_dim": ACTION_DIM, "obs_dim": OBS_DIM}
+    Checkpoint(actor=actor, actor_average=average).save(checkpoint, metadata=dims)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    loaded = load_policy(checkpoint).actor.state_dict()
+    deployed = (average.average if warm else actor).state_dict()
+    assert loaded.keys() == deployed.keys()
+    assert all(torch.equal(loaded[key], deployed[key]) for key in loaded)
+    if warm:  # and not the trained weights
+        assert not torch.equal(loaded["flow.velocity_net.obs_in.weight"], actor.flow.velocity_net.obs_in.weight)
 
 
 def test_robot_loop_in_the_docs_runs_as_written(exported, monkeypatch):

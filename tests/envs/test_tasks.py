@@ -90,7 +90,7 @@ def _compose(recipe: str, overrides: list[str]):
 
 def test_every_isaaclab_task_preset_is_checked_here():
     presets = {path.stem for path in (CONFIG_DIR / "task").glob("*.yaml")}
-    assert presets - {"halfcheetah", "ant_v5"} == set(REFERENCE)
+    assert presets - {"halfcheetah", "ant_v5"} - set(FPO_PRESETS) == set(REFERENCE)
     # Every offline-covered GenPO task has a preset that the env test above creates.
     assert {REFERENCE[p][0] for p in TASKS} <= set(OFFLINE_TASKS)
 
@@ -117,6 +117,27 @@ def test_task_preset_composes_with_reference_settings(recipe, preset):
     if normalize is not None:  # the Ant preset keeps each algorithm's own default
         assert cfg.algorithm.normalize_observations is normalize
     assert cfg.algorithm.name == recipe.removesuffix("_isaaclab")
+
+
+# FPO++ preset -> (its base preset, pairs, epochs, iterations): the authors' per-robot settings
+# (amazon-far/fpo-control task_cfgs.py), on top of 24 steps x 4096 envs, 4 minibatches, AdamW 1e-4.
+FPO_PRESETS = {"go2_fpo": ("go2", 16, 16, 1500), "h1_fpo": ("h1", 32, 32, 2000)}
+
+
+@pytest.mark.parametrize("preset", list(FPO_PRESETS))
+def test_fpo_presets_carry_the_published_settings(preset):
+    base, pairs, epochs, iterations = FPO_PRESETS[preset]
+    cfg = _compose("fpo_isaaclab", [f"task={preset}"])
+    assert cfg.env.task == REFERENCE[base][0] and cfg.env.num_envs == 4096 and cfg.collector.steps_per_env == 24
+    assert cfg.collector.total_frames == iterations * 24 * 4096
+    assert cfg.algorithm.actor.num_cfm_pairs == pairs and cfg.algorithm.normalize_observations is True
+    assert list(cfg.algorithm.hidden_sizes) == [256] * 3 and list(cfg.algorithm.critic_hidden_sizes) == [768] * 3
+    update = cfg.trainer
+    assert (update.num_epochs, update.num_minibatches, update.learning_rate) == (epochs, 4, 1e-4)
+    assert (update.adaptive_lr, update.weight_decay, update.ema_decay, update.ema_warmup_updates) == (
+        False, 1e-4, 0.95, 500
+    )  # fmt: skip
+    assert cfg.algorithm.loss.clip_epsilon == 0.05 and cfg.algorithm.loss.trust_region == "aspo"
 
 
 def test_the_algorithm_picks_its_family_s_trainer_in_any_recipe():

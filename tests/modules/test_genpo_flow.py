@@ -61,7 +61,7 @@ def test_log_prob_of_noise_equals_log_prob_by_inversion():
     obs = torch.randn(11, 3, dtype=torch.float64)
     noise = torch.randn(11, 4, dtype=torch.float64)
     latent = flow(noise, obs)
-    assert torch.max(torch.abs(flow.log_prob_of_noise(noise) - flow.log_prob(latent, obs))) < 1e-10
+    assert torch.max(torch.abs(flow.log_prob_of_noise(noise, obs) - flow.log_prob(latent, obs))) < 1e-10
 
 
 def test_density_integrates_to_one_for_one_dimensional_actions():
