@@ -171,6 +171,19 @@ class Variant:
             )
         return cls(words[0], words[1], tuple(words[2:]))
 
+    @staticmethod
+    def add_argument(parser: argparse.ArgumentParser) -> None:
+        """The repeatable ``--variant LABEL ALGORITHM OVERRIDE...`` option (read with :meth:`parse`)."""
+        parser.add_argument(
+            "--variant",
+            nargs="+",
+            action="append",
+            default=[],
+            metavar="WORD",
+            help="LABEL ALGORITHM OVERRIDE...: also run ALGORITHM with these Hydra overrides, reported as LABEL "
+            "(repeatable; e.g. --variant trudi_K4 trudi algorithm.actor.num_steps=4)",
+        )
+
 
 def case_command(
     task: TaskSpec, algorithm: str, seed: int, run_dir: Path, extra_overrides: Sequence[str] = ()
@@ -539,15 +552,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--task", nargs="+", choices=sorted(TASKS), help="default: cartpole halfcheetah ant")
     parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, help="default: all")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2")
-    parser.add_argument(
-        "--variant",
-        nargs="+",
-        action="append",
-        default=[],
-        metavar="WORD",
-        help="LABEL ALGORITHM OVERRIDE...: also run ALGORITHM with these Hydra overrides, reported as LABEL "
-        "(repeatable; e.g. --variant trudi_K4 trudi algorithm.actor.num_steps=4)",
-    )
+    Variant.add_argument(parser)
     parser.add_argument("--out", type=Path, help=f"case directories (default {DEFAULT_OUT.relative_to(REPO)})")
     parser.add_argument("--resume", action="store_true", help="skip cases whose case.json says they finished")
     parser.add_argument(

@@ -301,14 +301,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--batch", type=int, default=512, help="one-step episodes per iteration")
-    parser.add_argument(
-        "--variant",
-        nargs="+",
-        action="append",
-        default=[],
-        metavar="WORD",
-        help="LABEL METHOD OVERRIDE...: also train METHOD with these Hydra overrides, reported as LABEL",
-    )
+    Variant.add_argument(parser)
     parser.add_argument("--plot", type=Path, help="the sampled-actions figure (default: <out>/multimodal.png)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--threads", type=int, default=1)
