@@ -1,5 +1,6 @@
-"""TruDi (as its authors built it), REPPO, TruDi-PPO, DPPO and FPO++ end to end: each recipe learns Isaac-Cartpole
-(CPU, offline assets) and lands its trust-region diagnostics in MLflow. GenPO and PPO have their own files."""
+"""TruDi (as its authors built it), REPPO, TruDi-PPO, DPPO, FPO++ and GenPO with a learnable volume end to end: each
+recipe learns Isaac-Cartpole (CPU, offline assets) and lands its diagnostics in MLflow. GenPO and PPO have their own
+files."""
 
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ METHODS = {
         ["fpo_isaaclab.py", "algorithm.loss.clip_epsilon=0.2", "trainer.num_epochs=5", "trainer.ema_warmup_updates=30"],
         60,
         ("clip_fraction", "mean_ratio_deviation", "cfm_loss", "ratio_cap_fraction", "explained_variance"),
+        "ppo_update.PPOUpdate",
+    ),
+    "genpo_volume": (
+        ["genpo_isaaclab.py", "algorithm=genpo_volume"],
+        40,
+        ("kl_approx", "entropy", "compression_distance", "clip_fraction"),
         "ppo_update.PPOUpdate",
     ),
 }
