@@ -331,7 +331,8 @@ class NaNObservationForEnv(Transform):
         return next_tensordict
 
 
-def test_a_nan_observation_is_named_with_its_env_before_it_reaches_the_normalizer(tmp_path):
+def test_a_nan_observation_is_named_with_its_env_before_it_reaches_the_normalizer(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the NaN observation's action reaches MuJoCo, which logs it to MUJOCO_LOG.TXT here
     trainer = make_trainer(tmp_path, total_frames=4 * NUM_ENVS * STEPS, keep_checkpoints=1)
     trainer.env.insert_transform(0, NaNObservationForEnv(index=1, at=STEPS + 5))  # the env's own output
     with pytest.raises(
