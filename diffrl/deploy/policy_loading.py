@@ -26,6 +26,7 @@ from tensordict.nn import TensorDictModuleBase
 from torchrl.checkpoint import Checkpoint, CheckpointError
 
 from diffrl.envs.observation_normalizer import ObservationNormalizer
+from diffrl.training.actor_average import ActorAverage
 from diffrl.training.checkpoint_files import verify_tensor_files
 from diffrl.training.experiment import actor_dimensions
 from diffrl.training.run_directory import CHECKPOINT_PREFIX, RunDirectory
@@ -131,19 +132,6 @@ class _StateReceiver:
         self.state = state
 
 
-def _deployed_actor_state(
-    actor_state: dict[str, Any], average_state: dict[str, Any] | None, config: dict[str, Any]
-) -> dict[str, Any]:
-    """The weights a user runs: the actor's weight average once warm (as in ``policy.pt``), else the actor's."""
-    if average_state is None:
-        return actor_state
-    warmup = config["trainer"]["ema_warmup_updates"]
-    if int(average_state["updates"]) <= warmup:
-        return actor_state
-    prefix = "average."
-    return {key.removeprefix(prefix): value for key, value in average_state.items() if key.startswith(prefix)}
-
-
 def _load_checkpoint(path: Path) -> LoadedPolicy:
     if not Checkpoint.is_checkpoint(path):
         raise ValueError(f"{path} is not a TorchRL checkpoint (no readable manifest): corrupted or wrong path")
@@ -169,7 +157,9 @@ def _load_checkpoint(path: Path) -> LoadedPolicy:
         raise ValueError(f"cannot read checkpoint {path}: {error}") from error
     if actor.state is None:
         raise ValueError(f"checkpoint {path} has no actor component (found {sorted(result.unrequested)})")
-    actor_state = _deployed_actor_state(actor.state, average.state, config)
+    actor_state = ActorAverage.deployed_state(
+        actor.state, average.state, config["trainer"].get("ema_warmup_updates", 0)
+    )
     metadata = Checkpoint.manifest(path).get("metadata", {})
     if not {"obs_dim", "action_dim"} <= metadata.keys():
         raise ValueError(

@@ -105,14 +105,12 @@ class FPOActor(ObservingPolicy):
             "squash": None,
         }
 
-    def cfm_loss(self, tensordict: TensorDictBase) -> torch.Tensor:
-        """ℓ_θ at the stored action and pairs [*B, M], with gradient: the new side of FPO++'s ratio."""
-        return self.flow.cfm_loss(
-            self._observation(tensordict),
-            tensordict.get(self.action_key),
-            tensordict.get(self.cfm_noise_key),
-            tensordict.get(self.cfm_time_key),
-        )
+    def cfm_loss(
+        self, tensordict: TensorDictBase, action: torch.Tensor, noise: torch.Tensor, time: torch.Tensor
+    ) -> torch.Tensor:
+        """ℓ_θ of a stored action at its stored pairs [*B, M], with gradient, at the tensordict's (checked)
+        observation: the new side of FPO++'s ratio (the loss passes the tensors its own keys name)."""
+        return self.flow.cfm_loss(self._observation(tensordict), action, noise, time)
 
     @torch.no_grad()
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:

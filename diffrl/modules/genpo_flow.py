@@ -145,6 +145,15 @@ class GenPOFlow(nn.Module):
             return obs.new_zeros(*obs.shape[:-1], self.action_dim)
         return self.max_log_scale * torch.tanh(self.volume_head(obs) / self.max_log_scale)
 
+    def _scale_noise(
+        self, x: torch.Tensor, y: torch.Tensor, obs: torch.Tensor, power: float
+    ) -> tuple[torch.Tensor, ...]:
+        """(x, y)·e^{power·ℓ(s)}: the volume step (power 1) or its inverse (−1); identity without the volume."""
+        if self.volume_head is None:
+            return x, y
+        scale = (power * self.log_scale(obs)).exp()
+        return x * scale, y * scale
+
     def _check(self, tensor: torch.Tensor, obs: torch.Tensor, name: str) -> None:
         if tensor.shape[-1] != 2 * self.action_dim:
             raise ValueError(
@@ -164,9 +173,7 @@ class GenPOFlow(nn.Module):
         p, dt = self.mix, 1.0 / self.num_steps
         velocity = self.velocity_net.velocity_in_context
         x, y = noise.chunk(2, dim=-1)
-        if self.volume_head is not None:
-            scale = self.log_scale(obs).exp()
-            x, y = x * scale, y * scale
+        x, y = self._scale_noise(x, y, obs, 1.0)
         for context in self._contexts(obs, self._time_features(noise.dtype)):
             x = torch.add(x, velocity(y, context), alpha=dt)
             y = torch.add(y, velocity(x, context), alpha=dt)
@@ -185,9 +192,7 @@ class GenPOFlow(nn.Module):
             x = torch.add(x, y, alpha=-(1.0 - p)).div_(p)
             y = torch.sub(y, velocity(x, context), alpha=dt)
             x = torch.sub(x, velocity(y, context), alpha=dt)
-        if self.volume_head is not None:
-            scale = self.log_scale(obs).exp()
-            x, y = x / scale, y / scale
+        x, y = self._scale_noise(x, y, obs, -1.0)
         return torch.cat([x, y], dim=-1)
 
     def inverse_and_forward(
@@ -212,9 +217,7 @@ class GenPOFlow(nn.Module):
         forward_contexts = self._contexts(noise_obs, time_features)
         x, y = latent.chunk(2, dim=-1)  # walked back to the noise
         u, w = noise.chunk(2, dim=-1)  # walked forward to a latent
-        if self.volume_head is not None:
-            scale = self.log_scale(noise_obs).exp()
-            u, w = u * scale, w * scale
+        u, w = self._scale_noise(u, w, noise_obs, 1.0)
         for step in range(self.num_steps):
             context = torch.cat([inverse_contexts[self.num_steps - 1 - step], forward_contexts[step]])
             y = torch.add(y, x, alpha=-(1.0 - p)).div_(p)
@@ -225,9 +228,7 @@ class GenPOFlow(nn.Module):
             x, w = torch.sub(x, both[:rows], alpha=dt), torch.add(w, both[rows:], alpha=dt)
             u = torch.lerp(w, u, p)
             w = torch.lerp(u, w, p)
-        if self.volume_head is not None:
-            scale = self.log_scale(latent_obs).exp()
-            x, y = x / scale, y / scale
+        x, y = self._scale_noise(x, y, latent_obs, -1.0)
         return torch.cat([x, y], dim=-1), torch.cat([u, w], dim=-1)
 
     def _time_features(self, dtype: torch.dtype) -> torch.Tensor:

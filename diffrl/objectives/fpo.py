@@ -200,7 +200,8 @@ class FPOPlusPlusLoss(GenerativePPOLoss):
         old = tensordict.get(keys.cfm_loss)
         if old.requires_grad:
             raise RuntimeError(f"the stored CFM losses {keys.cfm_loss!r} must not require grad")
-        new = self.actor_network.cfm_loss(tensordict)
+        pairs = (tensordict.get(keys.action), tensordict.get(keys.cfm_noise), tensordict.get(keys.cfm_time))
+        new = self.actor_network.cfm_loss(tensordict, *pairs)
         if old.shape != new.shape:
             raise ValueError(
                 f"the stored CFM losses {keys.cfm_loss!r} have shape {tuple(old.shape)} but the pairs give "

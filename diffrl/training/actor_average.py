@@ -71,6 +71,16 @@ class ActorAverage(nn.Module):
         for mine, theirs in zip(self.average.buffers(), actor.buffers(), strict=True):
             mine.copy_(theirs)
 
+    @staticmethod
+    def deployed_state(
+        actor_state: Mapping[str, Any], average_state: Mapping[str, Any] | None, warmup_updates: int
+    ) -> dict[str, Any]:
+        """From saved state dicts, the weights to deploy: the average once warm (as :attr:`active`), else the actor."""
+        if average_state is None or int(average_state["updates"]) <= warmup_updates:
+            return dict(actor_state)
+        prefix = "average."
+        return {key.removeprefix(prefix): value for key, value in average_state.items() if key.startswith(prefix)}
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self._updates = int(self.updates)

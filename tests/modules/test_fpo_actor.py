@@ -63,7 +63,7 @@ def test_actor_stores_the_pairs_and_their_cfm_losses_under_the_rollout_policy():
     assert not td["cfm_loss"].requires_grad
     recomputed = actor.flow.cfm_loss(td["observation"], td["action"], td["cfm_noise"], td["cfm_time"])
     assert torch.equal(td["cfm_loss"], recomputed)
-    assert torch.equal(actor.cfm_loss(td), recomputed)
+    assert torch.equal(actor.cfm_loss(td, td["action"], td["cfm_noise"], td["cfm_time"]), recomputed)
 
 
 def test_stochastic_action_is_the_flow_from_gaussian_noise_plus_the_action_noise():

@@ -53,7 +53,7 @@ def test_aspo_matches_a_hand_computation_on_both_advantage_signs():
     loss = make_loss(clip_epsilon=0.05)
     batch = rollout(loss, [2.0, -1.0])
     with torch.no_grad():
-        new = loss.actor_network.cfm_loss(batch)
+        new = loss.actor_network.cfm_loss(batch, batch["action"], batch["cfm_noise"], batch["cfm_time"])
     # Stored losses chosen so that the pairs' ratios are ρ = 1.2 and 0.9 for both samples.
     batch["cfm_loss"] = new + torch.tensor([math.log(1.2), math.log(0.9)], dtype=torch.float64)
     out = loss(batch)
@@ -89,7 +89,7 @@ def test_a_pair_past_the_cap_counts_and_keeps_its_gradient():
     loss = make_loss(max_log_ratio=0.1, cfm_loss_clamp=None, negative_advantage_cfm_loss_clamp=None)
     batch = rollout(loss, [1.0, 1.0])
     with torch.no_grad():
-        new = loss.actor_network.cfm_loss(batch)
+        new = loss.actor_network.cfm_loss(batch, batch["action"], batch["cfm_noise"], batch["cfm_time"])
     batch["cfm_loss"] = new + torch.tensor([0.5, 0.0], dtype=torch.float64)  # the first pair's log-ratio 0.5 > 0.1
     out = loss(batch)
     assert float(out["ratio_cap_fraction"]) == 0.5
@@ -110,7 +110,7 @@ def test_the_negative_advantage_clamp_acts_only_where_the_advantage_is_negative(
     loss = make_loss(cfm_loss_clamp=None, negative_advantage_cfm_loss_clamp=1e-6)
     batch = rollout(loss, [1.0, -1.0])
     with torch.no_grad():
-        new = loss.actor_network.cfm_loss(batch)
+        new = loss.actor_network.cfm_loss(batch, batch["action"], batch["cfm_noise"], batch["cfm_time"])
     out = loss(batch)
     # A > 0: ratio 1; A < 0: ℓ_old − min(ℓ_θ, 1e-6) = ℓ_old − 1e-6.
     expected_log_ratio = torch.cat([torch.zeros(2), new[1] - 1e-6]).mean()

@@ -86,7 +86,7 @@ def test_recipe_learns_isaac_cartpole_and_tracks_its_trust_region(method, tmp_pa
     means = [sum(returns[i : i + 5]) / 5 for i in range(len(returns) - 4)]  # of 5 iterations
     # A random policy scores about -2 on Cartpole, balancing 300 steps about 4.9. The first finished
     # episodes are the shortest, so the curve often dips before it rises; FPO++, the slowest learner
-    # here, is held to its rise from that dip (3.2-7.4 in docs/results.md's 3 seeds), the rest to the first 5.
+    # here, is held to its rise from that dip, the rest to the first 5.
     baseline = min(means) if method in RISE_FROM_LOWEST else means[0]
     assert means[-1] > baseline + 1.5, returns
     metrics = client.get_run(run_id).data.metrics
