@@ -22,6 +22,7 @@ stopped and continued. Cases run one at a time with one torch/OpenMP thread.
     python benchmarks/learning.py --quick                         # one tiny MuJoCo case, ~1 min
     python benchmarks/learning.py --resume --json learning.json   # the full sweep (docs/results.md)
     python benchmarks/learning.py --task cartpole --algorithms genpo --seeds 0 1 2 --resume
+    python benchmarks/learning.py --task presets --algorithms genpo ppo --seeds 0 --resume   # docs/tasks.md
     python benchmarks/learning.py --task cartpole --algorithms trudi --seeds 0 \
         --variant trudi_K4 trudi algorithm.actor.num_steps=4            # a hyperparameter sweep
 """
@@ -140,6 +141,37 @@ TASKS: dict[str, TaskSpec] = {
         "ant_v5_1m", "Ant-v5", "mujoco", num_envs=64, steps_per_env=32, iterations=489, preset_name="ant_v5"
     ),
 }
+# The ten GenPO task presets (docs/tasks.md) at one equal CPU budget: 64 envs, each preset's rollout length, and
+# the same frames for every task and algorithm. A smoke-level comparison on the offline stand-ins, not the paper's
+# numbers: at 4096 GPU envs the presets train ~2,000-4,000 times longer.
+PRESET_SUITE = (
+    "ant", "humanoid", "anymal_d_flat", "h1", "go2", "shadow_hand", "quadcopter", "franka_reach", "franka_lift",
+    "franka_open_drawer",
+)  # fmt: skip
+PRESET_SUITE_ENVS = 64
+PRESET_SUITE_FRAMES = 64 * 768  # 48 iterations x 16 steps, 32 x 24 or 24 x 32
+
+
+def preset_suite_task(preset: str) -> TaskSpec:
+    """``preset`` at the suite's budget (key ``<preset>_suite``); its task id and rollout length are the preset's."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(REPO / "recipes" / "config" / "task" / f"{preset}.yaml")
+    steps = int(config.collector.steps_per_env)
+    if PRESET_SUITE_FRAMES % (PRESET_SUITE_ENVS * steps):
+        raise ValueError(f"{preset}: {steps} steps per env do not divide the suite's {PRESET_SUITE_FRAMES} frames")
+    return TaskSpec(
+        f"{preset}_suite",
+        str(config.env.task),
+        "isaaclab",
+        num_envs=PRESET_SUITE_ENVS,
+        steps_per_env=steps,
+        iterations=PRESET_SUITE_FRAMES // (PRESET_SUITE_ENVS * steps),
+        preset_name=preset,
+    )
+
+
+TASKS.update({f"{preset}_suite": preset_suite_task(preset) for preset in PRESET_SUITE if (REPO / "recipes" / "config" / "task" / f"{preset}.yaml").exists()})  # TEMP
 # Episodes of 50 steps so that the tiny run finishes some (plumbing only; not a result).
 QUICK_TASK = TaskSpec(
     "halfcheetah", "HalfCheetah-v5", "mujoco", num_envs=8, steps_per_env=32, iterations=3, max_episode_steps=50
@@ -549,7 +581,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one tiny case (diffrl PPO, HalfCheetah-v5, 8 envs)")
     parser.add_argument("--json", metavar="PATH", help="write one record per (task, algorithm, seed) as JSON")
-    parser.add_argument("--task", nargs="+", choices=sorted(TASKS), help="default: cartpole halfcheetah ant")
+    parser.add_argument(
+        "--task",
+        nargs="+",
+        choices=[*sorted(TASKS), "presets"],
+        help="default: cartpole halfcheetah ant; 'presets': the ten GenPO task presets at one budget (<preset>_suite)",
+    )
     parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, help="default: all")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2")
     Variant.add_argument(parser)
@@ -576,7 +613,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         algorithms = args.algorithms or ["ppo"]
         seeds = args.seeds or [0]
     else:
-        tasks = [TASKS[key] for key in (args.task or ["cartpole", "halfcheetah", "ant"])]
+        keys = args.task or ["cartpole", "halfcheetah", "ant"]
+        keys = [name for key in keys for name in ([f"{p}_suite" for p in PRESET_SUITE] if key == "presets" else [key])]
+        tasks = [TASKS[key] for key in keys]
         algorithms = args.algorithms or ([] if args.variant else list(ALGORITHMS))
         seeds = args.seeds if args.seeds is not None else [0, 1, 2]
     variants = {variant.label: variant for variant in map(Variant.parse, args.variant)}
@@ -619,13 +658,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         if temporary is not None:
             temporary.cleanup()
     for task in tasks:  # one table per task
-        task_records = [record for record in records if record["task"] == task.env_id]
+        task_records = [record for record in records if record["task_key"] == task.key]
         if task_records:
             table = summary_table(summarize(task_records, args.threshold))
             print(f"\n{task.env_id}, {task.total_frames:,} frames per run:\n{table}")
     if args.plots is not None:
         for task in tasks:
-            task_records = [record for record in records if record["task"] == task.env_id]
+            task_records = [record for record in records if record["task_key"] == task.key]
             if task_records:
                 title = f"{task.env_id}, {task.num_envs} envs" + (
                     f", {task.max_episode_steps}-step episodes" if task.max_episode_steps else ""

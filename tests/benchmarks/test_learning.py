@@ -151,6 +151,16 @@ def test_every_algorithm_gets_the_tasks_envs_and_frame_budget(learning, tmp_path
     assert str(tmp_path) not in display
 
 
+def test_the_preset_suite_gives_every_task_the_same_envs_and_frames_at_its_presets_rollout_length(learning):
+    suite = [learning.TASKS[f"{preset}_suite"] for preset in learning.PRESET_SUITE]
+    assert len(suite) == 10
+    assert {(task.num_envs, task.total_frames) for task in suite} == {(64, 64 * 768)}
+    humanoid = learning.TASKS["humanoid_suite"]  # the preset's 32 steps per env
+    assert (humanoid.env_id, humanoid.preset, humanoid.steps_per_env, humanoid.iterations) == (
+        "Isaac-Humanoid", "humanoid", 32, 24
+    )  # fmt: skip
+
+
 def test_a_variant_runs_its_algorithms_command_plus_its_overrides(learning, tmp_path):
     variant = learning.Variant.parse(["trudi_K4", "trudi", "algorithm.actor.num_steps=4", "seed=7"])
     assert variant == learning.Variant("trudi_K4", "trudi", ("algorithm.actor.num_steps=4", "seed=7"))

@@ -4,19 +4,16 @@ files."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow import MlflowClient
+from recipe_runs import metric_history, train_recipe
 
 from diffrl.deploy.policy_loading import load_policy
 
-REPO = Path(__file__).resolve().parents[2]
 FRAMES_PER_ITERATION = 256 * 16  # the Cartpole preset: 256 envs x 16 steps
 PATHWISE_METRICS = (
     "loss_actor", "loss_critic", "loss_critic_aux", "loss_alpha", "loss_lambda", "path_kl", "path_kl_max",
@@ -58,23 +55,7 @@ METHODS = {
 
 def train(recipe: list[str], run_dir: Path, iterations: int) -> tuple[MlflowClient, str]:
     script, *selection = recipe
-    command = [
-        sys.executable,
-        str(REPO / "recipes" / script),
-        *selection,
-        f"hydra.run.dir={run_dir}",
-        "logger.progress=false",
-        "env.assets=offline",
-        f"collector.total_frames={iterations * FRAMES_PER_ITERATION}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1500, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    info = json.loads((run_dir / "run.json").read_text())
-    return MlflowClient(info["tracking_uri"]), info["mlflow_run_id"]
-
-
-def history(client: MlflowClient, run_id: str, key: str) -> list[float]:
-    return [metric.value for metric in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+    return train_recipe(script, run_dir, *selection, f"collector.total_frames={iterations * FRAMES_PER_ITERATION}")
 
 
 @pytest.mark.slow
@@ -82,7 +63,7 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[float]:
 def test_recipe_learns_isaac_cartpole_and_tracks_its_trust_region(method, tmp_path):
     recipe, iterations, diagnostics, update_rule = METHODS[method]
     client, run_id = train(recipe, tmp_path / method, iterations)
-    returns = history(client, run_id, "episode_return")
+    returns = metric_history(client, run_id, "episode_return")
     means = [sum(returns[i : i + 5]) / 5 for i in range(len(returns) - 4)]  # of 5 iterations
     # A random policy scores about -2 on Cartpole, balancing 300 steps about 4.9. The first finished
     # episodes are the shortest, so the curve often dips before it rises; FPO++, the slowest learner
