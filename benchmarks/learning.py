@@ -171,7 +171,13 @@ def preset_suite_task(preset: str) -> TaskSpec:
     )
 
 
-TASKS.update({f"{preset}_suite": preset_suite_task(preset) for preset in PRESET_SUITE if (REPO / "recipes" / "config" / "task" / f"{preset}.yaml").exists()})  # TEMP
+TASKS.update(
+    {
+        f"{preset}_suite": preset_suite_task(preset)
+        for preset in PRESET_SUITE
+        if (REPO / "recipes" / "config" / "task" / f"{preset}.yaml").exists()
+    }
+)  # TEMP
 # Episodes of 50 steps so that the tiny run finishes some (plumbing only; not a result).
 QUICK_TASK = TaskSpec(
     "halfcheetah", "HalfCheetah-v5", "mujoco", num_envs=8, steps_per_env=32, iterations=3, max_episode_steps=50
@@ -335,11 +341,14 @@ def read_mlflow_curve(run_dir: Path) -> dict[str, list[float]]:
 
     frames, returns = series("frames"), series("episode_return")
     collection, update = series("collection_time"), series("update_time")
+    rewards = series("reward_per_step")
     steps = sorted(frames)
     return {
         "frames": [frames[step] for step in steps],
         "returns": [returns.get(step, math.nan) for step in steps],
         "train_seconds": [collection.get(step, math.nan) + update.get(step, math.nan) for step in steps],
+        # Defined from the first rollout on, also where no episode ends within the budget (1000-step episodes).
+        "reward_per_step": [rewards.get(step, math.nan) for step in steps],
     }
 
 
@@ -411,6 +420,8 @@ def load_case(out: Path, task: TaskSpec, algorithm: str, seed: int) -> dict[str,
     if not path.exists():
         return None
     record = json.loads(path.read_text())
+    if record.get("ok") and algorithm != "rsl_rl" and "reward_per_step" not in record:  # a record of an older sweep
+        record.update(read_mlflow_curve(path.parent))
     return record if record.get("ok") else None
 
 
@@ -463,7 +474,9 @@ def summarize(records: Sequence[dict[str, Any]], threshold: float | None = None)
     summaries = []
     for (task, algorithm), group in groups.items():
         finals = np.array([record["final_return"] for record in group], dtype=float)
-        bests = np.array([np.nanmax(np.asarray(record["returns"], dtype=float)) for record in group])
+        with warnings.catch_warnings():  # a run in which no episode ended has no best return: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            bests = np.array([np.nanmax(np.asarray(record["returns"], dtype=float)) for record in group])
         half = np.array([group[0]["budget_frames"] / 2])
         halves = np.array([on_grid(record["frames"], record["returns"], half)[0] for record in group])
         summaries.append(
@@ -487,6 +500,11 @@ def summarize(records: Sequence[dict[str, Any]], threshold: float | None = None)
                 "seconds_per_iteration": float(np.mean([np.nanmedian(record["train_seconds"]) for record in group])),
             }
         )
+        if all("reward_per_step" in record for record in group):
+            # The last REWARD_WINDOW rollouts' mean reward per env step (one rollout is noisy).
+            lasts = np.array([np.nanmean(record["reward_per_step"][-REWARD_WINDOW:]) for record in group])
+            summaries[-1]["reward_per_step_mean"] = float(np.mean(lasts))
+            summaries[-1]["reward_per_step_std"] = float(np.std(lasts))
         if threshold is not None:
             reached = np.array([frames_to_reach(record, threshold) for record in group])
             summaries[-1]["threshold"] = threshold
@@ -497,11 +515,23 @@ def summarize(records: Sequence[dict[str, Any]], threshold: float | None = None)
     return summaries
 
 
+REWARD_WINDOW = 5
+
+
 def reached_label(frames: float) -> str:
     return "never" if math.isnan(frames) else f"{frames:,.0f}"
 
 
 def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
+    with_rewards = any("reward_per_step_mean" in s for s in summaries)  # rsl_rl's reports have no reward per step
+
+    def reward_cell(s: dict[str, Any]) -> list[str]:
+        if not with_rewards:
+            return []
+        if "reward_per_step_mean" not in s:
+            return ["n/a"]
+        return [f"{s['reward_per_step_mean']:.4f} ± {s['reward_per_step_std']:.4f}"]
+
     rows = [
         (
             s["task"],
@@ -516,6 +546,7 @@ def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
             f"{s['wall_seconds_mean']:.0f}",
             f"{s['frames'] / s['train_seconds_mean']:.0f}" if s["train_seconds_mean"] > 0 else "n/a",
             f"{s['seconds_per_iteration']:.2f}",
+            *reward_cell(s),
             *(
                 [f"{reached_label(s['frames_to_threshold'])} ({s['seeds_reaching_threshold']}/{len(s['seeds'])})"]
                 if "threshold" in s
@@ -537,6 +568,7 @@ def summary_table(summaries: Sequence[dict[str, Any]]) -> str:
         "wall s/run",
         "train fps",
         "s/iter",
+        *([f"reward/step (last {REWARD_WINDOW} it.)"] if with_rewards else []),
         *([f"frames to {summaries[0]['threshold']:g} (seeds)"] if summaries and "threshold" in summaries[0] else []),
     )
     return format_table(rows, header)

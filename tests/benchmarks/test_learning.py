@@ -151,6 +151,32 @@ def test_every_algorithm_gets_the_tasks_envs_and_frame_budget(learning, tmp_path
     assert str(tmp_path) not in display
 
 
+def test_summary_reports_the_mean_reward_per_step_of_the_last_rollouts(learning):
+    window = learning.REWARD_WINDOW
+    record = {
+        "task": "Isaac-Velocity-Flat-UnitreeGo2",
+        "algorithm": "genpo",
+        "seed": 0,
+        "budget_frames": 300,
+        "num_envs": 4,
+        "final_return": math.nan,  # 1000-step episodes: none ends within the budget
+        "wall_seconds": 10.0,
+        "train_seconds": [1.0] * (window + 2),
+        "frames": [100.0 * k for k in range(1, window + 3)],
+        "returns": [math.nan] * (window + 2),
+        "reward_per_step": [-9.0, -9.0] + [0.1 * k for k in range(window)],
+    }
+    other_seed = {**record, "seed": 1, "reward_per_step": [-9.0, -9.0] + [0.3] * window}
+    (summary,) = learning.summarize([record, other_seed])
+    first = 0.1 * (window - 1) / 2  # the mean of 0, 0.1, ..., 0.1 (window - 1)
+    assert summary["reward_per_step_mean"] == pytest.approx((first + 0.3) / 2)
+    assert summary["reward_per_step_std"] == pytest.approx(abs(0.3 - first) / 2)
+    rsl_rl = {**record, "algorithm": "rsl_rl"}
+    del rsl_rl["reward_per_step"]
+    table = learning.summary_table(learning.summarize([record, rsl_rl]))
+    assert f"reward/step (last {window} it.)" in table and "n/a" in table.splitlines()[-1]
+
+
 def test_the_preset_suite_gives_every_task_the_same_envs_and_frames_at_its_presets_rollout_length(learning):
     suite = [learning.TASKS[f"{preset}_suite"] for preset in learning.PRESET_SUITE]
     assert len(suite) == 10
