@@ -171,13 +171,7 @@ def preset_suite_task(preset: str) -> TaskSpec:
     )
 
 
-TASKS.update(
-    {
-        f"{preset}_suite": preset_suite_task(preset)
-        for preset in PRESET_SUITE
-        if (REPO / "recipes" / "config" / "task" / f"{preset}.yaml").exists()
-    }
-)  # TEMP
+TASKS.update({f"{preset}_suite": preset_suite_task(preset) for preset in PRESET_SUITE})
 # Episodes of 50 steps so that the tiny run finishes some (plumbing only; not a result).
 QUICK_TASK = TaskSpec(
     "halfcheetah", "HalfCheetah-v5", "mujoco", num_envs=8, steps_per_env=32, iterations=3, max_episode_steps=50

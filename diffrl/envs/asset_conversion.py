@@ -5,7 +5,8 @@ ships as USD come from here, in three steps that are all pinned so a build is re
 
 1. the source wheel (``genesis-world``, ``playground``) is downloaded once with
    ``pip download --no-deps`` into ``<cache>/wheels`` and only the robot's files are extracted;
-2. the robot description is edited as XML (:data:`XmlEdit`: drop visuals, merge links, ...);
+2. the robot description is edited as XML (:data:`XmlEdit`: drop visuals, merge links, ...; an MJCF's
+   ``<include>`` files are inlined first, so the edits see the whole model);
 3. it is converted by NVIDIA's ``urdf-usd-converter`` / ``mujoco-usd-converter`` run in their own
    virtual environment (``<cache>/converters-<hash>``): the MuJoCo converter needs a newer
    ``mujoco`` than Isaac Lab pins, so it cannot live in the training environment.
@@ -159,6 +160,8 @@ def convert(files: WheelFiles, cache: Path | None = None) -> Sdf.Layer:
         folder = _extract(wheel, files.directory, Path(work) / "src")
         entry = folder / files.entry
         tree = ET.parse(entry)
+        if files.kind == "mjcf":  # the edits see the whole model, not just the entry file
+            _inline_mjcf_includes(tree.getroot(), entry.parent)
         for edit in files.xml_edits:
             edit(tree.getroot())
         tree.write(entry)
@@ -175,6 +178,19 @@ def convert(files: WheelFiles, cache: Path | None = None) -> Sdf.Layer:
         layer = Sdf.Layer.CreateAnonymous(".usda")
         layer.TransferContent(Usd.Stage.Open(str(produced[0])).Flatten())
     return layer
+
+
+def _inline_mjcf_includes(root: ET.Element, folder: Path) -> None:
+    """Replace every MJCF ``<include file=...>`` by the children of the included file's root (MuJoCo's rule)."""
+    for parent in list(root.iter()):
+        for index, child in reversed(list(enumerate(parent))):
+            if child.tag != "include":
+                continue
+            included = ET.parse(folder / child.get("file")).getroot()
+            _inline_mjcf_includes(included, folder)
+            parent.remove(child)
+            for offset, element in enumerate(included):
+                parent.insert(index + offset, element)
 
 
 # --- XML edits ------------------------------------------------------------------------------
@@ -374,5 +390,37 @@ def author_joint_drives(gains: dict[str, tuple[float, float]]) -> Callable[[Sdf.
             found.add(prim.GetName())
         if found != set(gains):
             raise ValueError(f"joints not found: {sorted(set(gains) - found)}")
+
+    return edit
+
+
+def float_single_body(body: str) -> Callable[[Sdf.Layer], None]:
+    """Layer edit for a robot of one rigid body (a quadcopter): make ``body`` a floating articulation.
+
+    For a one-link URDF the converter fixes the link to the robot prim by a joint and authors no
+    articulation root. This removes every joint into ``body`` whose other side is not a rigid body
+    (the base floats) and applies ``PhysicsArticulationRootAPI`` to ``body``, so that Isaac Lab's
+    ``Articulation`` finds one root with no joints.
+    """
+
+    def edit(layer: Sdf.Layer) -> None:
+        from pxr import Usd, UsdPhysics
+
+        stage = Usd.Stage.Open(layer)
+        (link,) = [p for p in stage.Traverse() if p.GetName() == body and p.HasAPI(UsdPhysics.RigidBodyAPI)]
+        fixing = []
+        for prim in stage.Traverse():
+            joint = UsdPhysics.Joint(prim)
+            if not joint:
+                continue
+            targets = joint.GetBody0Rel().GetTargets() + joint.GetBody1Rel().GetTargets()
+            others = [t for t in targets if t != link.GetPath()]
+            if len(others) < len(targets) and not any(
+                stage.GetPrimAtPath(t).HasAPI(UsdPhysics.RigidBodyAPI) for t in others
+            ):
+                fixing.append(prim.GetPath())
+        for path in fixing:
+            _remove_spec(layer, path)
+        UsdPhysics.ArticulationRootAPI.Apply(stage.GetPrimAtPath(link.GetPath()))
 
     return edit

@@ -12,7 +12,13 @@
 The returned env (batch size ``[B]``) is Isaac Lab's own ``IsaacLabTorchRLWrapper`` with the
 ``"policy"`` observation group renamed ``"observation"`` (float32, ``[B, obs_dim]``); ``"action"``
 is ``[B, d]``, ``"reward"`` ``[B, 1]``, ``"done"``/``"terminated"``/``"truncated"`` ``[B, 1]`` bool.
-Other observation groups (e.g. ``"critic"``) keep their names.
+Other observation groups (e.g. ``"critic"``) keep their names. With ``observation_groups`` (the
+groups a task's rsl_rl reference feeds its networks, e.g. Lift's ``["policy", "proprio",
+"perception"]``) ``"observation"`` is instead those groups concatenated in that order, and they are
+removed::
+
+    env = make_isaaclab_env("Isaac-Lift-Franka", 16, observation_groups=["policy", "proprio", "perception"])
+    env.observation_spec["observation"].shape  # [16, 1250] = 100 + 190 + 960
 
 Auto-reset and time-outs: Isaac Lab resets finished envs inside ``step``. The task config's
 ``compute_final_obs`` is switched on, so ``("next", "observation")`` of a done step is the true
@@ -51,13 +57,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from torchrl.envs import EnvBase, RenameTransform, TransformedEnv
+from torchrl.envs import CatTensors, EnvBase, RenameTransform, Transform, TransformedEnv
 
 from diffrl.envs.offline_assets import OFFLINE_TASKS, build_offline_assets, is_offline_root, stand_in_notes
 
@@ -109,11 +115,17 @@ def _configure_warp_cache() -> None:
 
 
 def _available_isaaclab_tasks() -> list[str]:
-    """Registered Isaac Lab task ids (``Isaac-Cartpole``, ``Isaac-Ant``, ...; 3.0 ids have no ``-v0``)."""
+    """Registered Isaac Lab task ids (``Isaac-Cartpole``, ``Isaac-Ant``, ...; 3.0 ids have no ``-v0``) and diffrl's own.
+
+    diffrl's tasks (:mod:`diffrl.envs.tasks`, e.g. ``Diffrl-Quadcopter-Direct``) are Isaac Lab
+    direct-workflow envs registered under ``Diffrl-`` ids.
+    """
     import gymnasium as gym
     import isaaclab_tasks  # noqa: F401  (registers the tasks)
 
-    return sorted(task for task in gym.registry if task.startswith("Isaac"))
+    from diffrl.envs.tasks import TASK_IDS
+
+    return sorted(task for task in gym.registry if task.startswith("Isaac") or task in TASK_IDS)
 
 
 @lru_cache(maxsize=1)
@@ -229,11 +241,21 @@ def _franka_driven_finger2(cfg: Any) -> str:
     )
 
 
+def _crazyflie_without_propeller_joints(cfg: Any) -> str:
+    cfg.scene.robot.actuators = {}
+    return (
+        "scene.robot.actuators: the propellers' 'dummy' actuator (stiffness 0, damping 0) dropped, since the "
+        "stand-in has no propeller joints (the thrust is applied to the body either way)"
+    )
+
+
 _STAND_IN_CONFIG_CHANGES: dict[str, tuple[Callable[[Any], str], ...]] = {
     "Isaac-Velocity-Flat-AnymalD": (_anymal_simple_actuator,),
     "Isaac-Velocity-Rough-AnymalD": (_anymal_simple_actuator,),
     "Isaac-Reach-Franka": (_franka_driven_finger2,),
     "Isaac-Lift-Franka": (_franka_driven_finger2,),
+    "Isaac-Open-Drawer-Franka": (_franka_driven_finger2,),
+    "Diffrl-Quadcopter-Direct": (_crazyflie_without_propeller_joints,),
 }
 """Per task, the config edits that make it run on its offline stand-in; each returns what it changed."""
 
@@ -268,11 +290,13 @@ def make_isaaclab_env(
     seed: int = 0,
     assets: AssetsMode = "auto",
     episode_length_s: float | None = None,
+    observation_groups: Sequence[str] | None = None,
 ) -> EnvBase:
     """Build an Isaac Lab 3.0 task kit-less on Newton and return it as a TorchRL env.
 
     Args:
-        task: Isaac Lab task id, e.g. ``"Isaac-Cartpole"`` or ``"Isaac-Ant"``.
+        task: Isaac Lab task id, e.g. ``"Isaac-Cartpole"`` or ``"Isaac-Ant"``, or one of diffrl's own
+            (:mod:`diffrl.envs.tasks`: ``"Diffrl-Quadcopter-Direct"``).
         num_envs: number of parallel environments B (the env's batch size).
         device: simulation and tensordict device (``"cpu"``, ``"cuda"``, ``"cuda:0"``).
         seed: seeds the task (and the global RNGs, see the module docstring).
@@ -280,6 +304,10 @@ def make_isaaclab_env(
             :mod:`diffrl.envs.offline_assets`) or ``"auto"`` (official if reachable, else offline).
         episode_length_s: overrides the task's episode length (time-out) in seconds; an episode
             lasts ``ceil(episode_length_s / step_dt)`` steps.
+        observation_groups: the task's observation groups that make ``"observation"``, concatenated
+            in this order along the last dim (e.g. ``["policy", "proprio", "perception"]``, as
+            Isaac-Lift-Franka's rsl_rl reference feeds its actor and critic); they are removed from
+            the tensordict. ``None`` (the default): the ``"policy"`` group alone, renamed.
 
     Returns:
         A :class:`~torchrl.envs.TransformedEnv` over ``IsaacLabTorchRLWrapper`` with keys
@@ -288,10 +316,17 @@ def make_isaaclab_env(
         :class:`IsaacLabAssets`) says which assets were used. Close it with ``env.close()``.
 
     Raises:
-        ValueError: for an unknown task id (the message lists the available ones), or when
-            offline assets are needed for a task without a stand-in.
+        ValueError: for an unknown task id (the message lists the available ones), when offline
+            assets are needed for a task without a stand-in, or for an observation group the task
+            does not have (the message lists its groups; the env is closed again).
         RuntimeError: if another Isaac Lab env is still open in this process.
     """
+    if observation_groups is not None:
+        if isinstance(observation_groups, str):
+            raise TypeError(f"observation_groups must be a list of group names, got the string {observation_groups!r}")
+        observation_groups = list(observation_groups)
+        if not observation_groups or len(set(observation_groups)) != len(observation_groups):
+            raise ValueError(f"observation_groups must name distinct groups, got {observation_groups}")
     _configure_warp_cache()
     # Before anything imports Isaac Lab's task modules, which fixes the asset root for the process.
     chosen = resolve_isaaclab_assets(task, assets)
@@ -337,9 +372,31 @@ def make_isaaclab_env(
         isaac_env = gym.make(task, cfg=cfg)
     logger.info("created %s with %d envs on %s in %.1f s", task, num_envs, device, time.perf_counter() - start)
 
-    env = TransformedEnv(
-        IsaacLabTorchRLWrapper(isaac_env),
-        RenameTransform(in_keys=[_OBSERVATION_GROUP], out_keys=[_OBSERVATION_KEY], create_copy=False),
-    )
+    base = IsaacLabTorchRLWrapper(isaac_env)
+    try:
+        transform = _observation_transform(base, observation_groups)
+    except ValueError:
+        base.close()  # the simulation is a process-wide singleton: never leave it open
+        raise
+    env = TransformedEnv(base, transform)
     env.isaaclab_assets = chosen
     return env
+
+
+def _observation_transform(env: EnvBase, groups: list[str] | None) -> Transform:
+    """The transform that makes ``"observation"``: the ``"policy"`` group renamed, or ``groups`` concatenated."""
+    if groups is None or groups == [_OBSERVATION_GROUP]:
+        return RenameTransform(in_keys=[_OBSERVATION_GROUP], out_keys=[_OBSERVATION_KEY], create_copy=False)
+    spec = env.observation_spec
+    available = list(spec.keys())
+    unknown = [group for group in groups if group not in available]
+    if unknown:
+        raise ValueError(
+            f"observation group(s) {unknown} not in the task's observation groups {available} (env.observation_groups)"
+        )
+    flat_dims = len(env.batch_size) + 1
+    not_flat = {group: tuple(spec[group].shape) for group in groups if len(spec[group].shape) != flat_dims}
+    if not_flat:
+        raise ValueError(f"observation groups {not_flat} are not [B, n] tensors: they cannot be concatenated")
+    # sort=False: the order is the reference's (CatTensors sorts its keys by default).
+    return CatTensors(in_keys=groups, out_key=_OBSERVATION_KEY, del_keys=True, sort=False)

@@ -16,13 +16,16 @@ else ``~/.cache/diffrl/isaaclab_assets``. The root is built per file: a build ad
 tasks' files, keeps every other file that is still current, and rebuilds a file whose recipe
 (builder version, source package versions, converters) changed.
 
-Two kinds of stand-ins (:data:`OFFLINE_TASKS` lists the tasks; docs/tasks.md their fidelity):
+Three kinds of stand-ins (:data:`OFFLINE_TASKS` lists the tasks; docs/tasks.md their fidelity):
 
 * USD files shipped by ``newton`` (Cartpole, Ant, Humanoid), edited in memory with ``pxr``. They
   need nothing but the training environment, so Cartpole and Ant build in about a second.
-* URDF/MJCF robots from ``genesis-world`` (Go2, ANYmal-C for Anymal-D, Panda) and ``playground``
-  (H1), converted by :mod:`diffrl.envs.asset_conversion` (a pinned converter environment, made
-  once under ``~/.cache/diffrl/asset_build``).
+* URDF/MJCF robots from ``genesis-world`` (Go2, ANYmal-C for Anymal-D, Panda, Crazyflie), ``playground``
+  (H1) and ``gymnasium-robotics`` (the Shadow Hand, :mod:`diffrl.envs.shadow_hand_stand_in`), converted
+  by :mod:`diffrl.envs.asset_conversion` (a pinned converter environment, made once under
+  ``~/.cache/diffrl/asset_build``).
+* USDA text authored here: the ground plane, visual markers, the DexCube and the Sektion cabinet of
+  Isaac-Open-Drawer-Franka (boxes with the Sektion's joints, :mod:`diffrl.envs.cabinet_stand_in`).
 
 The stand-ins are *not* NVIDIA's assets: joint and body names match what the tasks address, but
 geometry, masses and gains differ, so returns measured on them are comparable only with runs on
@@ -51,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from diffrl.envs import cabinet_stand_in, shadow_hand_stand_in
 from diffrl.envs.asset_conversion import (
     CONVERTER_REQUIREMENTS,
     WheelFiles,
@@ -60,6 +64,7 @@ from diffrl.envs.asset_conversion import (
     drop_elements,
     drop_link,
     flatten_bodies,
+    float_single_body,
     merge_fixed_link,
     mjcf_collision_only,
     set_joint_limits,
@@ -308,6 +313,54 @@ FRANKA = OfflineAsset(
     "merged into the hand, no finger mimic constraint, no physics/collider variant sets); joint drives "
     "authored: arm stiffness 80 damping 4, fingers 2e3/1e2",
 )
+# diffrl's own Diffrl-Quadcopter-Direct (Isaac Lab 3.0 dropped the Quadcopter task) addresses the
+# path of Isaac Lab 2.x's CRAZYFLIE_CFG. The propeller links (massless, fixed, visual only) and the
+# massless centre-of-mass link go: the body is one rigid link, floating.
+_CF2X_LINKS = ("prop0_link", "prop1_link", "prop2_link", "prop3_link", "center_of_mass_link")
+CRAZYFLIE = OfflineAsset(
+    path="Isaac/Robots/Bitcraze/Crazyflie/cf2x.usd",
+    source=WheelFiles(
+        *_GENESIS,
+        "genesis/assets/urdf/drones",
+        "cf2x.urdf",
+        "urdf",
+        (drop_elements("visual"), *(drop_link(link) for link in _CF2X_LINKS)),
+    ),
+    # Named "body" as in NVIDIA's cf2x.usd (the task applies the thrust to it).
+    edits=(float_single_body("base_link"), flatten_bodies(drop_world_joint=False), rename_prims({"base_link": "body"})),
+    note="Crazyflie: genesis-world's cf2x URDF converted: one rigid body (mass 0.027 kg, inertia "
+    "diag(1.4e-5, 1.4e-5, 2.17e-5) kg m^2 from the URDF), a cylinder collider (r 0.06 m, h 0.025 m), no "
+    "propeller links (fixed, not spun) and no visual meshes",
+)
+# Isaac-Reorient-Cube-Shadow (diffrl.envs.shadow_hand_stand_in says how the hand is made).
+SHADOW_HAND = OfflineAsset(
+    path="Isaac/Robots_Multiphysics/ShadowRobot/ShadowHandMultiPhysics_v0/right_hand/right_hand.usda",
+    source=WheelFiles(
+        *shadow_hand_stand_in.GYMNASIUM_ROBOTICS,
+        shadow_hand_stand_in.ASSET_DIRECTORY,
+        shadow_hand_stand_in.ENTRY,
+        "mjcf",
+        (shadow_hand_stand_in.shadow_hand_mjcf(),),
+    ),
+    note="Shadow Hand: gymnasium-robotics' OpenAI Shadow hand MJCF converted, its 24 joints renamed to Isaac's "
+    "rh_ names (OpenAI robot0:<X>J<n> -> rh_<X>J<n+1>; OpenAI's joint axes, ranges, masses, inertias and passive "
+    "damping kept), bodies robot0:<b> -> rh_<b>; Isaac's tendon scheme authored (fixed tendon rh_<F>J0 = "
+    "rh_<F>J2 + rh_<F>J1 per finger, a MuJoCo position actuator on each: kp 0.5, range [0, 3.1415], force +-1) "
+    "in place of OpenAI's coupling tendons; primitive colliders only (capsules/boxes; the forearm has none), hand "
+    "self-contacts limited to OpenAI's 18 finger/thumb pairs; no visuals, no Physics/Colliders variant sets",
+)
+DEX_CUBE = OfflineAsset(
+    path="Isaac/Props/Blocks/DexCube/dex_cube_instanceable.usd",
+    source=shadow_hand_stand_in.DEX_CUBE_USDA,
+    note="DexCube: an untextured 6 cm collision cube of density 567 kg/m^3 (0.12 kg, the OpenAI block's "
+    "density), not instanceable",
+)
+# Isaac-Open-Drawer-Franka's cabinet (diffrl.envs.cabinet_stand_in says how it is made).
+SEKTION_CABINET = OfflineAsset(
+    path="Isaac/Props/Sektion_Cabinet/sektion_cabinet_instanceable.usd",
+    source=cabinet_stand_in.CABINET_USDA,
+    note=cabinet_stand_in.CABINET_NOTE,
+)
 
 # The velocity tasks' terrain importer loads the ground plane from a default the config does not show.
 _VELOCITY = (GROUND_PLANE, ARROW_MARKER)
@@ -326,6 +379,9 @@ OFFLINE_TASKS: Mapping[str, tuple[OfflineAsset, ...]] = {
     "Isaac-Velocity-Rough-H1": (H1_MINIMAL, *_VELOCITY),
     "Isaac-Reach-Franka": (FRANKA, GROUND_PLANE, FRAME_MARKER),
     "Isaac-Lift-Franka": (FRANKA, GROUND_PLANE, FRAME_MARKER),
+    "Isaac-Open-Drawer-Franka": (FRANKA, SEKTION_CABINET, GROUND_PLANE, FRAME_MARKER),
+    "Diffrl-Quadcopter-Direct": (CRAZYFLIE, GROUND_PLANE),
+    "Isaac-Reorient-Cube-Shadow": (SHADOW_HAND, DEX_CUBE, GROUND_PLANE),
 }
 """Task ids with an offline stand-in, and the files each needs."""
 

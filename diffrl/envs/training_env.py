@@ -26,7 +26,8 @@ def make_env(env_cfg: DictConfig, seed: int, device: str | None = None) -> EnvBa
     """The batched TorchRL env a recipe's ``env`` config names (``device`` overrides the config's).
 
     ``env_cfg.backend`` is ``"isaaclab"`` (an Isaac Lab 3.0 task on Newton, offline assets when
-    NVIDIA's server is unreachable) or ``"mujoco"`` (gymnasium MuJoCo, synchronous copies).
+    NVIDIA's server is unreachable; ``env_cfg.observation_groups``, if set, the observation groups
+    concatenated into ``"observation"``) or ``"mujoco"`` (gymnasium MuJoCo, synchronous copies).
     """
     if not isinstance(env_cfg.num_envs, int) or env_cfg.num_envs < 1:
         raise ValueError(f"env.num_envs must be an integer >= 1, got {env_cfg.num_envs!r}")
@@ -34,7 +35,14 @@ def make_env(env_cfg: DictConfig, seed: int, device: str | None = None) -> EnvBa
     if env_cfg.backend == "isaaclab":
         from diffrl.envs.isaaclab import make_isaaclab_env
 
-        return make_isaaclab_env(env_cfg.task, env_cfg.num_envs, device=device, seed=seed, assets=env_cfg.assets)
+        return make_isaaclab_env(
+            env_cfg.task,
+            env_cfg.num_envs,
+            device=device,
+            seed=seed,
+            assets=env_cfg.assets,
+            observation_groups=env_cfg.get("observation_groups"),
+        )
     if env_cfg.backend == "mujoco":
         from diffrl.envs.gym import make_gym_env
 

@@ -22,7 +22,8 @@ STEPS = 8
 CONFIG_DIR = Path(__file__).parents[2] / "recipes" / "config"
 
 # Preset -> (task id, a config change the record must name or None, obs dim, action dim): the
-# dims are the tasks' own (the stand-ins have the same joints).
+# dims are the tasks' own (the stand-ins have the same joints), with the observation groups the
+# preset feeds (franka_lift: policy 100 + proprio 190 + perception 960).
 # Cartpole with 16 envs comes last: the session cache then holds the env other test files reuse.
 TASKS = {
     "ant": ("Isaac-Ant", None, 60, 8),
@@ -31,6 +32,10 @@ TASKS = {
     "h1": ("Isaac-Velocity-Flat-H1", None, 69, 19),
     "go2": ("Isaac-Velocity-Flat-UnitreeGo2", None, 48, 12),
     "franka_reach": ("Isaac-Reach-Franka", "panda_finger2_passive", 32, 7),
+    "franka_lift": ("Isaac-Lift-Franka", "panda_finger2_passive", 1250, 9),
+    "franka_open_drawer": ("Isaac-Open-Drawer-Franka", "panda_finger2_passive", 31, 8),
+    "quadcopter": ("Diffrl-Quadcopter-Direct", "no propeller joints", 12, 4),
+    "shadow_hand": ("Isaac-Reorient-Cube-Shadow", None, 157, 20),
     "cartpole": ("Isaac-Cartpole", None, 4, 1),
 }
 
@@ -39,7 +44,9 @@ TASKS = {
 @pytest.mark.parametrize("preset", list(TASKS))
 def test_task_runs_offline_and_steps_finite(isaaclab_env, preset):
     task, change, obs_dim, action_dim = TASKS[preset]
-    env = isaaclab_env(task, NUM_ENVS)
+    # The env as the preset's recipe makes it: with the observation groups the preset feeds, if any.
+    groups = OmegaConf.load(CONFIG_DIR / "task" / f"{preset}.yaml").env.get("observation_groups")
+    env = isaaclab_env(task, NUM_ENVS, **({"observation_groups": tuple(groups)} if groups else {}))
     check_env_specs(env)
     record = env.isaaclab_assets
     assert record.source == "offline"
@@ -70,7 +77,11 @@ REFERENCE = {
     "h1": ("Isaac-Velocity-Flat-H1", 24, 5, 4, 1e-3, [128, 128, 128], False),
     "go2": ("Isaac-Velocity-Flat-UnitreeGo2", 24, 5, 4, 1e-3, [128, 128, 128], False),
     "franka_reach": ("Isaac-Reach-Franka", 24, 8, 4, 1e-3, [64, 64], False),
+    "franka_lift": ("Isaac-Lift-Franka", 32, 5, 4, 1e-3, [512, 256, 128], True),
+    "franka_open_drawer": ("Isaac-Open-Drawer-Franka", 96, 5, 4, 5e-4, [256, 128, 64], False),
     "shadow_hand": ("Isaac-Reorient-Cube-Shadow", 16, 5, 4, 5e-4, [512, 512, 256, 128], True),
+    # diffrl's own task: Isaac Lab 2.x's QuadcopterPPORunnerCfg (the task left Isaac Lab in 3.0).
+    "quadcopter": ("Diffrl-Quadcopter-Direct", 24, 5, 4, 5e-4, [64, 64], False),
 }
 RECIPES = ("genpo_isaaclab", "trudi_isaaclab", "reppo_isaaclab", "dppo_isaaclab", "ppo_isaaclab")
 # The recipes whose algorithm trains with the pathwise family's update (the rest: the PPO family's).
