@@ -7,11 +7,15 @@ is what ``recipes/evaluate.py`` calls: load the run, build its env, evaluate eac
 video where the backend renders, write ``evaluation.json`` and log everything to an MLflow child
 run of the training run.
 
-Video: gymnasium MuJoCo renders ``rgb_array`` frames through OpenGL (``MUJOCO_GL``: ``egl`` on a GPU
-machine, ``osmesa`` on a CPU one with ``libosmesa6`` installed); the frames are written as a GIF (no
-ffmpeg needed; MLflow shows it inline). Isaac Lab 3.0 no longer renders ``rgb_array`` (its
-``render()`` returns ``None``) and records only through a visualizer (Kit or Newton GL) or a camera
-sensor, neither of which a kit-less env built with ``visualizer=["none"]`` has: no video there.
+Video, one episode per mode, written as a GIF (no ffmpeg needed; MLflow shows it inline):
+
+* gymnasium MuJoCo renders ``rgb_array`` frames through OpenGL (``MUJOCO_GL``: ``egl`` on a GPU
+  machine, ``osmesa`` on a CPU one with ``libosmesa6`` installed), in a separate single env;
+* Isaac Lab 3.0 renders no ``rgb_array`` frames on a kit-less env, so the first episode of env 0
+  of the evaluation itself is drawn by Newton's OpenGL viewer offscreen
+  (:class:`~diffrl.envs.newton_rendering.NewtonFrameRenderer`; EGL, in software on a CPU machine).
+
+Where OpenGL cannot be opened the evaluation says why (``video_status``) and goes on.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from tensordict import TensorDict
@@ -40,11 +45,10 @@ logger = logging.getLogger("diffrl.deploy")
 Mode = Literal["deterministic", "stochastic"]
 MODES: tuple[str, ...] = ("deterministic", "stochastic")
 _EXPLORATION = {"deterministic": ExplorationType.DETERMINISTIC, "stochastic": ExplorationType.RANDOM}
-ISAACLAB_VIDEO_UNSUPPORTED = (
-    "Isaac Lab 3.0 renders no rgb_array frames (render() returns None); it records only through a "
-    "visualizer (Kit or Newton GL) or a camera sensor, and diffrl builds its envs kit-less with "
-    "visualizer 'none'"
-)
+VIDEO_FRAME_STRIDE = 2
+"""Every second step of an episode becomes a video frame."""
+VIDEO_MAX_FRAMES = 500
+"""A video ends after this many frames (1000 steps), however long its episode."""
 
 
 @dataclass
@@ -79,8 +83,46 @@ def policy_action(policy: LoadedPolicy, observation: torch.Tensor) -> torch.Tens
     return policy.actor(td)["action"]
 
 
+class EpisodeFrames:
+    """The frames of one episode: every ``stride``-th state, at most ``max_frames``, from ``render()``."""
+
+    def __init__(
+        self, render: Callable[[], np.ndarray], *, stride: int = VIDEO_FRAME_STRIDE, max_frames: int = VIDEO_MAX_FRAMES
+    ):
+        if stride < 1 or max_frames < 1:
+            raise ValueError(f"stride and max_frames must be >= 1, got {stride} and {max_frames}")
+        self._render, self._stride, self._max_frames = render, stride, max_frames
+        self._states = 0
+        self.frames: list[np.ndarray] = []
+
+    def observe(self) -> None:
+        """The episode reached its next state: keep a frame of it if it is one of every ``stride``."""
+        if self._states % self._stride == 0 and len(self.frames) < self._max_frames:
+            self.frames.append(self._render())
+        self._states += 1
+
+
+def save_gif(frames: Sequence[np.ndarray], path: str | os.PathLike, *, fps: float) -> Path:
+    """Write ``frames`` (``[H, W, 3]`` uint8) as a looping GIF played at ``fps``."""
+    from PIL import Image
+
+    if not frames:
+        raise ValueError("no frames to write")
+    images = [Image.fromarray(frame) for frame in frames]
+    path = Path(path)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=max(20, round(1000 / fps)), loop=0)
+    return path
+
+
 @torch.no_grad()
-def evaluate_episodes(env: EnvBase, policy: LoadedPolicy, *, mode: Mode, max_steps: int = 100_000) -> EpisodeStatistics:
+def evaluate_episodes(
+    env: EnvBase,
+    policy: LoadedPolicy,
+    *,
+    mode: Mode,
+    max_steps: int = 100_000,
+    first_episode_frames: EpisodeFrames | None = None,
+) -> EpisodeStatistics:
     """Run the first episode of each of the env's B copies with the ``mode`` policy.
 
     Args:
@@ -88,6 +130,9 @@ def evaluate_episodes(env: EnvBase, policy: LoadedPolicy, *, mode: Mode, max_ste
         policy: the loaded policy.
         mode: ``"deterministic"`` (TorchRL's ``DETERMINISTIC`` exploration: zero noise) or ``"stochastic"``.
         max_steps: give up after this many steps (episodes still running are left out, with a warning).
+        first_episode_frames: if given, observes every state of copy 0's first episode, from the
+            reset to the state before its last step (an auto-resetting env shows the next episode's
+            first state after that step).
 
     Returns:
         The B returns (sums of rewards) and lengths (steps), in the order the copies finished.
@@ -100,6 +145,8 @@ def evaluate_episodes(env: EnvBase, policy: LoadedPolicy, *, mode: Mode, max_ste
     running_length = torch.zeros(copies, dtype=torch.long)
     finished = torch.zeros(copies, dtype=torch.bool)
     td = env.reset()
+    if first_episode_frames is not None:
+        first_episode_frames.observe()
     with set_exploration_type(_EXPLORATION[mode]):
         for _ in range(max_steps):
             td["action"] = policy_action(policy, td[policy.observation_key].cpu()).to(td.device)
@@ -107,6 +154,8 @@ def evaluate_episodes(env: EnvBase, policy: LoadedPolicy, *, mode: Mode, max_ste
             running_return += td["next", "reward"].reshape(copies).double().cpu()
             running_length += 1
             done = td["next", "done"].reshape(copies).cpu()
+            if first_episode_frames is not None and not (finished[0] or done[0]):
+                first_episode_frames.observe()
             first = done & ~finished
             statistics.returns += running_return[first].tolist()
             statistics.lengths += running_length[first].tolist()
@@ -138,23 +187,21 @@ def record_mujoco_video(
     max_steps: int = 1000,
     width: int = 320,
     height: int = 240,
-    frame_stride: int = 2,
+    frame_stride: int = VIDEO_FRAME_STRIDE,
 ) -> Path:
     """Render one episode of the run's gymnasium MuJoCo task with the ``mode`` policy into a GIF.
 
     Raises whatever the renderer raises when OpenGL is unavailable (see :func:`configure_mujoco_gl`).
     """
     import gymnasium as gym
-    from PIL import Image
 
     env = gym.make(policy.config["env"]["task"], render_mode="rgb_array", width=width, height=height)
-    frames = []
+    frames = EpisodeFrames(env.render, stride=frame_stride)
     try:
         observation, _ = env.reset(seed=seed)
         with set_exploration_type(_EXPLORATION[mode]):
-            for step in range(max_steps):
-                if step % frame_stride == 0:
-                    frames.append(Image.fromarray(env.render()))
+            for _ in range(max_steps):
+                frames.observe()
                 obs = torch.as_tensor(observation, dtype=torch.float32).unsqueeze(0)
                 action = policy_action(policy, obs).squeeze(0).numpy()
                 observation, _, terminated, truncated, _ = env.step(action)
@@ -163,17 +210,23 @@ def record_mujoco_video(
         fps = env.metadata.get("render_fps") or 30
     finally:
         env.close()
-    path = Path(path)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 * frame_stride / fps), loop=0)
-    return path
+    return save_gif(frames.frames, path, fps=fps / frame_stride)
 
 
 def _video_unavailable_reason(backend: str) -> str | None:
-    if backend == "isaaclab":
-        return ISAACLAB_VIDEO_UNSUPPORTED
-    if backend != "mujoco":
+    if backend not in ("mujoco", "isaaclab"):
         return f"no renderer known for backend {backend!r}"
     return None
+
+
+def _isaaclab_renderer(width: int, height: int) -> tuple[Any, str]:
+    """Newton's offscreen renderer of the running Isaac Lab env, or None and why there is none."""
+    from diffrl.envs.newton_rendering import NewtonFrameRenderer
+
+    try:
+        return NewtonFrameRenderer(width, height), "recorded"
+    except RuntimeError as error:
+        return None, str(error)
 
 
 @dataclass
@@ -257,20 +310,31 @@ def run_evaluation(
         video_status = "off"
     else:
         video_status = _video_unavailable_reason(env_cfg["backend"]) or "recorded"
-        if video_status == "recorded":
+        if video_status == "recorded" and env_cfg["backend"] == "mujoco":
             configure_mujoco_gl()  # before make_env imports MuJoCo
+    width, height = video_size
 
+    videos: dict[str, str] = {}
+    statistics: dict[str, EpisodeStatistics] = {}
     env = make_env(OmegaConf.create(env_cfg), seed)
+    renderer = None
     try:
-        statistics = {mode: evaluate_episodes(env, policy, mode=mode) for mode in dict.fromkeys(modes)}
+        if video_status == "recorded" and env_cfg["backend"] == "isaaclab":
+            renderer, video_status = _isaaclab_renderer(width, height)
+        for mode in dict.fromkeys(modes):
+            frames = EpisodeFrames(renderer.render) if renderer is not None else None
+            statistics[mode] = evaluate_episodes(env, policy, mode=mode, first_episode_frames=frames)
+            if frames is not None:
+                fps = 1 / (VIDEO_FRAME_STRIDE * env.base_env.unwrapped.step_dt)
+                videos[mode] = os.fspath(save_gif(frames.frames, output_dir / f"video_{mode}.gif", fps=fps))
     finally:
+        if renderer is not None:
+            renderer.close()
         env.close()
     for stats in statistics.values():
         logger.info("%s: %s", stats.mode, {key: round(value, 4) for key, value in stats.metrics().items()})
 
-    videos: dict[str, str] = {}
-    if video_status == "recorded":
-        width, height = video_size
+    if video_status == "recorded" and env_cfg["backend"] == "mujoco":
         try:
             for mode in statistics:
                 path = record_mujoco_video(
@@ -278,7 +342,7 @@ def run_evaluation(
                     output_dir / f"video_{mode}.gif",
                     mode=mode,
                     seed=seed,
-                    max_steps=env_cfg.get("max_episode_steps") or 1000,
+                    max_steps=env_cfg.get("max_episode_steps") or VIDEO_FRAME_STRIDE * VIDEO_MAX_FRAMES,
                     width=width,
                     height=height,
                 )

@@ -17,7 +17,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from diffrl.deploy.evaluation import ISAACLAB_VIDEO_UNSUPPORTED, EpisodeStatistics, run_evaluation
+from diffrl.deploy.evaluation import VIDEO_MAX_FRAMES, EpisodeStatistics, run_evaluation
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -117,8 +117,52 @@ def test_export_command_on_a_checkpoint_logs_the_model_with_a_signature(halfchee
     torch.testing.assert_close(torchscript_model(observation, torch.from_numpy(zeros)), torch.from_numpy(action))
 
 
+def gif_frames(path: Path) -> list[np.ndarray]:
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as gif:
+        return [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(gif)]
+
+
 @pytest.mark.slow
-def test_evaluate_isaac_cartpole_says_why_there_is_no_video(tmp_path):
+def test_evaluate_isaac_ant_records_a_moving_video_of_each_mode(tmp_path):
+    """The issue's check: an Isaac-Ant run's evaluation writes videos whose frames are not all identical."""
+    run_dir = train(
+        tmp_path / "genpo_ant",
+        "genpo_isaaclab",
+        "task=ant",
+        "env.assets=offline",
+        "env.num_envs=16",
+        "env.device=cpu",
+        "collector.total_frames=512",  # one iteration of 32 steps
+    )
+    result = run(
+        "recipes/evaluate.py",
+        f"source={run_dir}",
+        "episodes=2",
+        "video_size=[64,48]",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["video_status"] == "recorded"
+    for mode in ("deterministic", "stochastic"):
+        frames = gif_frames(tmp_path / "eval" / f"video_{mode}.gif")
+        # env 0's first episode, every second step (at most 500 frames): a falling or walking ant moves.
+        longest = max(report["statistics"][mode]["lengths"])
+        assert 10 <= len(frames) <= min(VIDEO_MAX_FRAMES, (longest + 1) // 2 + 1)
+        assert frames[0].shape == (48, 64, 3)
+        change = max(np.abs(frame.astype(int) - frames[0].astype(int)).mean() for frame in frames)
+        assert change > 1.0, change
+    (evaluation,) = child_runs(run_dir, "evaluation")
+    client = MlflowClient(json.loads((run_dir / "run.json").read_text())["tracking_uri"])
+    videos = {artifact.path for artifact in client.list_artifacts(evaluation.info.run_id, "videos")}
+    assert videos == {"videos/video_deterministic.gif", "videos/video_stochastic.gif"}
+    assert evaluation.data.tags["video"] == "recorded"
+
+
+@pytest.mark.slow
+def test_evaluate_isaac_lab_without_opengl_says_why_and_goes_on(tmp_path):
     run_dir = train(
         tmp_path / "trudi_cartpole",
         "trudi_isaaclab",
@@ -126,11 +170,18 @@ def test_evaluate_isaac_cartpole_says_why_there_is_no_video(tmp_path):
         "env.num_envs=16",
         "collector.total_frames=256",  # one iteration of 16 steps
     )
-    result = run("recipes/evaluate.py", f"source={run_dir}", "episodes=4", f"hydra.run.dir={tmp_path / 'eval'}")
+    # No EGL vendor library: libglvnd finds no driver, as on a machine without Mesa's or NVIDIA's EGL.
+    environment = {**os.environ, "__EGL_VENDOR_LIBRARY_FILENAMES": str(tmp_path / "no_vendor.json")}
+    environment.pop("DISPLAY", None)
+    command = [sys.executable, str(REPO / "recipes/evaluate.py"), f"source={run_dir}", "episodes=4"]
+    command.append(f"hydra.run.dir={tmp_path / 'eval'}")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert report["video_status"] == ISAACLAB_VIDEO_UNSUPPORTED
-    assert "no video: Isaac Lab 3.0 renders no rgb_array frames" in result.stderr + result.stdout
+    assert report["video_status"].startswith("Newton's OpenGL viewer could not start")
+    assert "apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri" in report["video_status"]
+    assert "no video: Newton's OpenGL viewer could not start" in result.stderr + result.stdout
+    assert report["videos"] == {}
     for mode in ("deterministic", "stochastic"):
         lengths = report["statistics"][mode]["lengths"]
         assert len(lengths) == 4 and all(1 <= length <= 300 for length in lengths)  # Cartpole: 5 s at 60 Hz
