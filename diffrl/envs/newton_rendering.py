@@ -219,7 +219,6 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=30, help="steps with zero actions before the picture")
     parser.add_argument("--size", type=int, nargs=2, default=(480, 320), metavar=("WIDTH", "HEIGHT"))
     parser.add_argument("--yaw", type=float, default=-135.0, help="view heading, degrees from +x")
-    parser.add_argument("--observation-groups", nargs="+", default=None, help="as a preset's env.observation_groups")
     args = parser.parse_args(argv)
 
     import torch
@@ -227,7 +226,7 @@ def _main(argv: list[str] | None = None) -> None:
 
     from diffrl.envs.isaaclab import make_isaaclab_env
 
-    env = make_isaaclab_env(args.task, 2, device="cpu", observation_groups=args.observation_groups)
+    env = make_isaaclab_env(args.task, 2, device="cpu")
     try:
         with NewtonFrameRenderer(*args.size, yaw_deg=args.yaw) as renderer:
             td = env.reset()
