@@ -64,8 +64,8 @@ def test_unknown_task_raises_listing_available_tasks():
 
 
 def test_offline_assets_for_task_without_stand_in_raises_naming_tasks_with_one():
-    with pytest.raises(ValueError, match="'Isaac-Reorient-Cube-Shadow' has no offline stand-in") as error:
-        make_isaaclab_env("Isaac-Reorient-Cube-Shadow", 4, assets="offline")
+    with pytest.raises(ValueError, match="'Isaac-Reorient-Cube-Allegro' has no offline stand-in") as error:
+        make_isaaclab_env("Isaac-Reorient-Cube-Allegro", 4, assets="offline")
     assert all(task in str(error.value) for task in OFFLINE_TASKS)
 
 
