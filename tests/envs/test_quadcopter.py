@@ -3,7 +3,7 @@
 The simulator tests step the Isaac Lab env underneath the TorchRL wrapper (``env.base_env.unwrapped``,
 a ``DirectRLEnv``) with hand-made actions and compare what happens with Newtonian mechanics worked
 out here: hover thrust holds the height, no thrust is free fall, a body moment spins the body at
-``M / I``. The env comes from the session cache of ``tests/conftest.py`` (16 envs, the size
+``M / I``, the angular speed is capped. The env comes from the session cache of ``tests/conftest.py`` (16 envs, the size
 ``tests/envs/test_tasks.py`` also uses, so both files share one env).
 """
 
@@ -137,6 +137,17 @@ def test_body_moment_spins_the_body_at_moment_over_inertia(quadcopter, axis):
         assert (velocity_w[:, 0] > 0.1).all() and (velocity_w[:, 1].abs() < 1e-3).all()
     else:
         torch.testing.assert_close(velocity_w, torch.zeros(NUM_ENVS, 3), atol=1e-3, rtol=0)
+
+
+@pytest.mark.slow
+def test_angular_speed_is_capped_at_physx_s_limit(quadcopter):
+    """A saturated yaw moment for 0.6 s would spin the body to M t / I = 276 rad/s; the cap (PhysX's 100 rad/s,
+    applied before each physics step) holds it within one physics step's gain, M dt / I = 4.6 rad/s, of 100."""
+    obs, _, terminated, _ = _step(quadcopter, [2 / 1.9 - 1, 0.0, 0.0, 1.0], steps=30)
+    assert not terminated.any()
+    speed = obs[:, 3:6].norm(dim=-1)
+    assert (speed > 99.0).all() and (speed <= 100.0 + 0.01 * PHYSICS_DT / INERTIA[2] + 1e-3).all(), speed
+    assert torch.isfinite(obs).all()
 
 
 @pytest.mark.slow

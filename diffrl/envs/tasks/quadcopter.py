@@ -107,6 +107,10 @@ class QuadcopterEnvCfg(DirectRLEnvCfg):
     body_name: str = "body"
     thrust_to_weight: float = 1.9
     moment_scale: float = 0.01  # [N m] per unit action
+    # The body's angular speed is capped here after every physics step, as PhysX caps every rigid body at its
+    # maxAngularVelocity (USD default 5729.58 deg/s = 100 rad/s), which 2.x ran under. Newton has no such cap, and
+    # a saturated moment (714 rad/s^2 about x) otherwise spins the Crazyflie until the integrator diverges.
+    max_angular_velocity: float = 100.0  # [rad/s]
 
     # goal, relative to the env origin [m]
     goal_xy_range: tuple[float, float] = (-2.0, 2.0)
@@ -158,8 +162,19 @@ class QuadcopterEnv(DirectRLEnv):
         self._moment[:, 0, :] = self.cfg.moment_scale * self._actions[:, 1:]
 
     def _apply_action(self) -> None:
+        self._limit_angular_velocity()
         self._robot.permanent_wrench_composer.set_forces_and_torques_index(
             forces=self._thrust, torques=self._moment, body_ids=self._body_id, is_global=False
+        )
+
+    def _limit_angular_velocity(self) -> None:
+        """Scale every body's angular velocity down to ``max_angular_velocity`` (PhysX's cap; device ops, no sync)."""
+        velocity = self._robot.data.root_com_vel_w.torch  # what write_root_velocity sets: the centre of mass's
+        angular = velocity[:, 3:]
+        speed = torch.linalg.vector_norm(angular, dim=-1, keepdim=True)
+        scale = torch.clamp(self.cfg.max_angular_velocity / speed.clamp_min(1e-12), max=1.0)
+        self._robot.write_root_velocity_to_sim_index(
+            root_velocity=torch.cat((velocity[:, :3], angular * scale), dim=-1), env_ids=None
         )
 
     def _get_observations(self) -> dict:
