@@ -58,10 +58,11 @@ def _use_headless_gl() -> None:
     pyglet.options["headless"] = True
 
 
+# The process's one Newton viewer and its frame size: after a ViewerGL is closed, a new one in the same process
+# renders black frames (seen with pyglet 2.1's headless EGL windows), so one viewer is opened on first use and kept
+# until the process ends.
 _viewer: Any = None
 _viewer_size: tuple[int, int] | None = None
-"""The process's one Newton viewer: after a ViewerGL is closed, a new one in the same process renders black frames
-(seen with pyglet 2.1's headless EGL windows), so one viewer is opened on first use and kept until the process ends."""
 
 
 def _process_viewer(width: int, height: int) -> Any:
@@ -188,12 +189,13 @@ class NewtonFrameRenderer:
         return viewer.get_frame().numpy()
 
     def _aim(self, positions: np.ndarray) -> None:
-        if len(positions):
-            centre = positions.mean(axis=0)
-            radius = float((np.linalg.norm(positions - centre, axis=1) + self._body_reach[self._framed]).max())
-        else:  # a scene of static shapes only
-            centre, radius = np.zeros(3), 1.0
-        if self._distance is None:
+        if not len(positions):  # a scene of static shapes only: look at the origin from 1 m's distance
+            positions, reach = np.zeros((1, 3)), np.ones(1)
+        else:
+            reach = self._body_reach[self._framed]
+        centre = positions.mean(axis=0)
+        if self._distance is None:  # set once, from the robot's size at the first frame
+            radius = float((np.linalg.norm(positions - centre, axis=1) + reach).max())
             self._distance = self._distance_scale * radius + 0.3
         pitch, yaw = math.radians(self._pitch_deg), math.radians(self._yaw_deg)
         # Z up (Isaac Lab's convention): the view direction for this pitch and yaw, and the eye behind it.

@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import warp as wp
 from isaaclab.assets import Articulation, ArticulationCfg
 from isaaclab.envs import DirectRLEnv, DirectRLEnvCfg
 from isaaclab.scene import InteractiveSceneCfg
@@ -168,13 +169,18 @@ class QuadcopterEnv(DirectRLEnv):
         )
 
     def _limit_angular_velocity(self) -> None:
-        """Scale every body's angular velocity down to ``max_angular_velocity`` (PhysX's cap; device ops, no sync)."""
+        """Scale a body's angular velocity down to ``max_angular_velocity`` where it is above (PhysX's cap).
+
+        Device ops and a mask, no host sync: only the envs over the cap are written (the mask write is
+        also the one Isaac Lab's graphed pipelines accept).
+        """
         velocity = self._robot.data.root_com_vel_w.torch  # what write_root_velocity sets: the centre of mass's
         angular = velocity[:, 3:]
         speed = torch.linalg.vector_norm(angular, dim=-1, keepdim=True)
         scale = torch.clamp(self.cfg.max_angular_velocity / speed.clamp_min(1e-12), max=1.0)
-        self._robot.write_root_velocity_to_sim_index(
-            root_velocity=torch.cat((velocity[:, :3], angular * scale), dim=-1), env_ids=None
+        self._robot.write_root_velocity_to_sim_mask(
+            root_velocity=torch.cat((velocity[:, :3], angular * scale), dim=-1),
+            env_mask=wp.from_torch(scale.squeeze(-1) < 1.0),
         )
 
     def _get_observations(self) -> dict:
