@@ -41,6 +41,7 @@ def make_env(env_cfg: DictConfig, seed: int, device: str | None = None) -> EnvBa
             device=device,
             seed=seed,
             assets=env_cfg.assets,
+            episode_length_s=env_cfg.get("episode_length_s"),
             observation_groups=env_cfg.get("observation_groups"),
         )
     if env_cfg.backend == "mujoco":

@@ -136,13 +136,19 @@ def test_parse_rsl_rl_output_reads_frames_returns_and_times_per_iteration(learni
 
 def test_every_algorithm_gets_the_tasks_envs_and_frame_budget(learning, tmp_path):
     for task in learning.TASKS.values():
-        commands = {algorithm: learning.case_command(task, algorithm, 1, tmp_path) for algorithm in learning.ALGORITHMS}
+        commands = {algorithm: learning.case_command(task, algorithm, 1, tmp_path) for algorithm in learning.RECIPES}
         for algorithm, (recipe, selection) in learning.RECIPES.items():
             command = commands[algorithm]
             assert f"recipes/{recipe}.py" in command[1] and command[2 : 2 + len(selection)] == selection
             assert f"env.num_envs={task.num_envs}" in command and "seed=1" in command
             assert f"collector.total_frames={task.total_frames}" in command
             assert f"collector.steps_per_env={task.steps_per_env}" in command
+            assert (f"env.episode_length_s={task.episode_length_s}" in command) == (task.episode_length_s is not None)
+        if task.episode_length_s is not None:  # Isaac Lab's rsl_rl CLI runs the task's own episode length
+            with pytest.raises(ValueError, match="episode length"):
+                learning.case_command(task, "rsl_rl", 1, tmp_path)
+            continue
+        commands["rsl_rl"] = learning.case_command(task, "rsl_rl", 1, tmp_path)
         rsl_rl = " ".join(commands["rsl_rl"])
         assert str(task.num_envs) in rsl_rl and str(task.iterations) in rsl_rl and str(task.steps_per_env) in rsl_rl
         assert ("isaaclab" in commands["rsl_rl"][0]) == (task.backend == "isaaclab")

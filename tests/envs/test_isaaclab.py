@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from diffrl.envs.offline_assets import OFFLINE_TASKS, build_offline_assets, is_o
 pytest.importorskip("isaaclab_tasks", reason="Isaac Lab is not installed")
 
 NUM_ENVS = 16
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "recipes" / "config"
 
 
 def _joint_names(usd_file: str) -> list[str]:
@@ -161,6 +163,22 @@ def test_truncated_step_keeps_true_final_observation(isaaclab_env, monkeypatch):
     torch.testing.assert_close(
         final[:, :2] - previous[:, :2], step_dt * (final[:, 2:] + previous[:, 2:]) / 2, atol=0.02, rtol=0
     )
+
+
+@pytest.mark.slow
+def test_recipe_env_config_sets_the_episode_time_out(isaaclab_env):
+    from omegaconf import OmegaConf
+
+    from diffrl.envs import make_env
+
+    isaaclab_env.close()  # Isaac Lab allows one open env per process
+    cfg = OmegaConf.load(CONFIG_DIR / "env" / "isaaclab.yaml")
+    assert cfg.episode_length_s is None, "the default keeps the task's time-out"
+    env = make_env(OmegaConf.merge(cfg, {"num_envs": 2, "assets": "offline", "episode_length_s": 0.13}), seed=0)
+    try:
+        assert env.base_env.unwrapped.max_episode_length == 8  # ceil(0.13 s / (2 x 1/120 s))
+    finally:
+        env.close()
 
 
 @pytest.mark.slow
