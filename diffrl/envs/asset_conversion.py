@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -370,8 +371,25 @@ def flatten_bodies(*, drop_world_joint: bool) -> Callable[[Sdf.Layer], None]:
     return edit
 
 
+def usd_drive_gains(kind: str, stiffness: float, damping: float) -> tuple[float, float]:
+    """SI drive gains (N·m/rad and N·m·s/rad for ``kind="angular"``) in the units USD authors them.
+
+    UsdPhysics measures angles in degrees, so an angular drive's stiffness and damping are per
+    degree: Newton's and PhysX's importers multiply them by 180/π. Linear gains are unchanged.
+    """
+    if kind == "linear":
+        return stiffness, damping
+    if kind == "angular":
+        return math.radians(stiffness), math.radians(damping)
+    raise ValueError(f"a drive is 'angular' or 'linear', got {kind!r}")
+
+
 def author_joint_drives(gains: dict[str, tuple[float, float]]) -> Callable[[Sdf.Layer], None]:
-    """Layer edit: add angular/linear ``DriveAPI`` (stiffness, damping) to joints named by ``gains``."""
+    """Layer edit: add angular/linear ``DriveAPI`` to joints named by ``gains``, given in SI units.
+
+    ``gains`` maps a joint name to (stiffness, damping) per radian for a revolute joint and per
+    metre for a prismatic one, as Isaac Lab's actuator configs give them (:func:`usd_drive_gains`).
+    """
 
     def edit(layer: Sdf.Layer) -> None:
         from pxr import Usd, UsdPhysics
@@ -383,7 +401,7 @@ def author_joint_drives(gains: dict[str, tuple[float, float]]) -> Callable[[Sdf.
                 continue
             kind = "linear" if prim.IsA(UsdPhysics.PrismaticJoint) else "angular"
             drive = UsdPhysics.DriveAPI.Apply(prim, kind)
-            stiffness, damping = gains[prim.GetName()]
+            stiffness, damping = usd_drive_gains(kind, *gains[prim.GetName()])
             drive.CreateStiffnessAttr(stiffness)
             drive.CreateDampingAttr(damping)
             drive.CreateTypeAttr("force")

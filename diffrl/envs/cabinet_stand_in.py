@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffrl.envs.asset_conversion import usd_drive_gains
+
 # Joint origins, axes and limits of the Sektion cabinet's URDF (revolute limits in degrees, as USD).
 DRAWER_ORIGINS = {"drawer_top": (0.0515, 0.0, 0.3172), "drawer_bottom": (0.0515, 0.0, 0.18795)}
 DRAWER_TRAVEL = (0.0, 0.4)
@@ -183,9 +185,10 @@ def _joint_usda(
     if drive is not None:
         kind_of_drive = "linear" if kind == "PhysicsPrismaticJoint" else "angular"
         schemas = f'\n        prepend apiSchemas = ["PhysicsDriveAPI:{kind_of_drive}"]\n    '
+        stiffness, damping = usd_drive_gains(kind_of_drive, *drive)
         lines += [
-            f"float drive:{kind_of_drive}:physics:stiffness = {drive[0]:g}",
-            f"float drive:{kind_of_drive}:physics:damping = {drive[1]:g}",
+            f"float drive:{kind_of_drive}:physics:stiffness = {stiffness!r}",
+            f"float drive:{kind_of_drive}:physics:damping = {damping!r}",
             f"float drive:{kind_of_drive}:physics:targetPosition = 0",
             f'uniform token drive:{kind_of_drive}:physics:type = "force"',
         ]

@@ -77,7 +77,7 @@ logger = logging.getLogger("diffrl.envs")
 
 ASSET_ROOT_ENV_VAR = "DIFFRL_ASSET_ROOT"
 # Bump whenever an entry or an edit changes: cached roots built by another version are rebuilt.
-_BUILD_VERSION = 2
+_BUILD_VERSION = 3
 _MARKER = ".diffrl_offline_assets.json"
 
 LayerEdit = Callable[["Sdf.Layer"], None]
@@ -311,7 +311,7 @@ FRANKA = OfflineAsset(
     edits=(author_joint_drives(_PANDA_GAINS),),
     note="Franka: genesis-world's panda_bullet URDF converted (mesh colliders, no visuals, panda_link8 "
     "merged into the hand, no finger mimic constraint, no physics/collider variant sets); joint drives "
-    "authored: arm stiffness 80 damping 4, fingers 2e3/1e2",
+    "authored: arm stiffness 80 N·m/rad damping 4 N·m·s/rad, fingers 2e3 N/m and 1e2 N·s/m",
 )
 # diffrl's own Diffrl-Quadcopter-Direct (Isaac Lab 3.0 dropped the Quadcopter task) addresses the
 # path of Isaac Lab 2.x's CRAZYFLIE_CFG. The propeller links (massless, fixed, visual only) and the

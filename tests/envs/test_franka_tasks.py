@@ -177,6 +177,19 @@ def test_drawer_slides_out_under_its_drive_and_the_handle_frame_and_observation_
 
 
 @pytest.mark.slow
+def test_the_stand_in_arm_has_the_legacy_panda_gains_in_si_units(isaaclab_env):
+    # Open-Drawer leaves the arm's stiffness to the USD (its damping is the task's 80). USD authors an
+    # angular drive per degree: authored as 80 "per degree", the arm came out 57x stiffer (4583.7
+    # N·m/rad), and GenPO's large early actions on Franka Reach drove the simulation to NaN.
+    robot = isaaclab_env("Isaac-Open-Drawer-Franka", NUM_ENVS).base_env.unwrapped.scene["robot"]
+    arm, _ = robot.find_joints("panda_joint.*")
+    fingers, _ = robot.find_joints("panda_finger_joint.*")
+    stiffness = robot.data.joint_stiffness.torch
+    torch.testing.assert_close(stiffness[:, arm], torch.full((NUM_ENVS, 7), 80.0))  # N·m/rad
+    torch.testing.assert_close(stiffness[:, fingers], torch.full((NUM_ENVS, 2), 2e3))  # N/m
+
+
+@pytest.mark.slow
 def test_lift_observation_is_the_reference_groups_concatenated_in_order(isaaclab_env):
     env = isaaclab_env("Isaac-Lift-Franka", NUM_ENVS, observation_groups=LIFT_GROUPS)
     assert env.observation_spec["observation"].shape == (NUM_ENVS, sum(LIFT_GROUP_DIMS))
