@@ -1,12 +1,20 @@
-"""Where GenPO's update spends its time on a CPU, and what ``compile=true`` buys there.
+"""Where a PPO-family update spends its time on a CPU, and what ``compile=true`` buys there.
 
-The Isaac-Cartpole recipe's sizes without the simulator: a rollout of 256 envs × 16 steps, 4
-observations, 1 action, a [64, 64] mish velocity net, 5 epochs × 4 minibatches of 1024 rows.
-Prints the median seconds of one ``PPOUpdate.update`` eager and with the networks compiled
-(``compile_networks``), the share of an eager update's profile inside mish, and forward + backward
-of mish on a [2048, 64] tensor: torch's kernel eager and compiled, and the rewrite compiled.
+``--policy genpo`` (default): the Isaac-Cartpole recipe's sizes without the simulator, a rollout of
+256 envs × 16 steps, 4 observations, 1 action, a [64, 64] mish velocity net, 5 epochs × 4
+minibatches of 1024 rows. Prints the median seconds of one ``PPOUpdate.update`` eager and with the
+networks compiled (``compile_networks``), the share of an eager update's profile inside mish, and
+forward + backward of mish on a [2048, 64] tensor: torch's kernel eager and compiled, and the
+rewrite compiled.
+
+``--policy gaussian``: diffrl's PPO (TorchRL's ``ClipPPOLoss``) at rsl_rl's Isaac-Ant sizes, 256 envs ×
+32 steps, 60 observations, 8 actions, [400, 200, 100] ELU actor and critic, 5 × 4 minibatches of
+2048 rows. Prints the median seconds of one eager update and how its profile splits between the
+networks' arithmetic (linear layers, ELU, the backward pass, gradient clipping and Adam) and everything else (TorchRL's
+loss, tensordict indexing, Python): the part of the update a leaner loss could remove.
 
     python benchmarks/update_profile.py --threads 1
+    python benchmarks/update_profile.py --threads 1 --policy gaussian
 """
 
 from __future__ import annotations
@@ -21,30 +29,37 @@ from collections.abc import Callable
 import torch
 from common import format_machine, machine_description, set_threads
 from tensordict import TensorDict
+from tensordict.nn import TensorDictModuleBase
+from torchrl.objectives import ClipPPOLoss
 
-from diffrl.modules import GenPOActor, GenPOFlow, make_value_network
+from diffrl.modules import GaussianActor, GenPOActor, GenPOFlow, make_value_network
 from diffrl.modules.velocity_net import Mish
 from diffrl.objectives import GenPOLoss
 from diffrl.training import PPOUpdate
 from diffrl.training.compilation import compile_networks
 
 ENVS, STEPS, OBS, ACTION = 256, 16, 4, 1
+ANT_ENVS, ANT_STEPS, ANT_OBS, ANT_ACTION = 256, 32, 60, 8
+# The profile entries that are the networks' own arithmetic, by cProfile name: the layers' kernels and the
+# backward pass (own time), Adam's step and the gradient clipping (with everything they call).
+NETWORK_KERNELS = ("torch._C._nn.linear", "torch._C._nn.elu", "run_backward")
+OPTIMIZER_STEPS = ("_single_tensor_adam", "clip_grad_norm_")
 
 
-def rollout(actor: GenPOActor) -> TensorDict:
-    observation = torch.randn(ENVS, STEPS + 1, OBS)
+def rollout(actor: TensorDictModuleBase, envs: int = ENVS, steps: int = STEPS, obs: int = OBS) -> TensorDict:
+    observation = torch.randn(envs, steps + 1, obs)
     with torch.no_grad():
-        batch = actor(TensorDict({"observation": observation[:, :-1]}, batch_size=[ENVS, STEPS]))
-    done = torch.zeros(ENVS, STEPS, 1, dtype=torch.bool)
+        batch = actor(TensorDict({"observation": observation[:, :-1]}, batch_size=[envs, steps]))
+    done = torch.zeros(envs, steps, 1, dtype=torch.bool)
     batch["next"] = TensorDict(
         {
             "observation": observation[:, 1:],
-            "reward": torch.randn(ENVS, STEPS, 1),
+            "reward": torch.randn(envs, steps, 1),
             "done": done,
             "terminated": done,
             "truncated": done,
         },
-        batch_size=[ENVS, STEPS],
+        batch_size=[envs, steps],
     )
     return batch
 
@@ -60,14 +75,43 @@ def median_seconds(call: Callable[[], object], repeats: int, warmup: int) -> flo
     return statistics.median(samples)
 
 
+def profile_gaussian_ppo(repeats: int) -> None:
+    """diffrl's PPO update at rsl_rl's Isaac-Ant sizes: its time, and the networks' share of its profile."""
+    actor = GaussianActor(ANT_ACTION, ANT_OBS, [400, 200, 100], activation="elu")
+    critic = make_value_network(ANT_OBS, [400, 200, 100], activation="elu")
+    # AntPPORunnerCfg: clip 0.2, value clip 0.2, value coefficient 1, entropy coefficient 0.
+    loss = ClipPPOLoss(actor, critic, clip_epsilon=0.2, entropy_coeff=0.0, critic_coeff=1.0, clip_value=0.2)
+    update = PPOUpdate(loss, num_epochs=5, num_minibatches=4)
+    batch = rollout(actor, ANT_ENVS, ANT_STEPS, ANT_OBS)
+    eager = median_seconds(lambda: update.update(batch.clone()), repeats, warmup=1)
+    profile = cProfile.Profile()
+    profile.enable()
+    update.update(batch.clone())
+    profile.disable()
+    stats = pstats.Stats(profile)
+    kernels = sum(value[2] for key, value in stats.stats.items() if any(name in key[2] for name in NETWORK_KERNELS))
+    steps = sum(value[3] for key, value in stats.stats.items() if key[2] in OPTIMIZER_STEPS)
+    arithmetic = kernels + steps
+    print(f"update s: eager {eager:.3f} (20 minibatches of {ANT_ENVS * ANT_STEPS // 4} rows)")
+    print(
+        f"eager update profile: {stats.total_tt:.3f} s, networks' arithmetic {arithmetic:.3f} s "
+        f"({arithmetic / stats.total_tt:.0%}), everything else {stats.total_tt - arithmetic:.3f} s "
+        f"({(stats.total_tt - arithmetic) / 20 * 1e3:.1f} ms per minibatch)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--policy", choices=("genpo", "gaussian"), default="genpo")
     args = parser.parse_args()
     set_threads(args.threads)
     print(format_machine(machine_description(torch.device("cpu"))))
     torch.manual_seed(0)
+    if args.policy == "gaussian":
+        profile_gaussian_ppo(args.repeats)
+        return
     actor = GenPOActor(GenPOFlow(ACTION, OBS, hidden_sizes=[64, 64]))
     update = PPOUpdate(GenPOLoss(actor, make_value_network(OBS, [64, 64])), num_epochs=5, num_minibatches=4)
     batch = rollout(actor)
