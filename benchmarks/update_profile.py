@@ -75,6 +75,16 @@ def median_seconds(call: Callable[[], object], repeats: int, warmup: int) -> flo
     return statistics.median(samples)
 
 
+def timed_and_profiled(update: PPOUpdate, batch: TensorDict, repeats: int) -> tuple[float, pstats.Stats]:
+    """The median seconds of one eager ``update.update``, and the cProfile statistics of one more."""
+    seconds = median_seconds(lambda: update.update(batch.clone()), repeats, warmup=1)
+    profile = cProfile.Profile()
+    profile.enable()
+    update.update(batch.clone())
+    profile.disable()
+    return seconds, pstats.Stats(profile)
+
+
 def profile_gaussian_ppo(repeats: int) -> None:
     """diffrl's PPO update at rsl_rl's Isaac-Ant sizes: its time, and the networks' share of its profile."""
     actor = GaussianActor(ANT_ACTION, ANT_OBS, [400, 200, 100], activation="elu")
@@ -83,20 +93,17 @@ def profile_gaussian_ppo(repeats: int) -> None:
     loss = ClipPPOLoss(actor, critic, clip_epsilon=0.2, entropy_coeff=0.0, critic_coeff=1.0, clip_value=0.2)
     update = PPOUpdate(loss, num_epochs=5, num_minibatches=4)
     batch = rollout(actor, ANT_ENVS, ANT_STEPS, ANT_OBS)
-    eager = median_seconds(lambda: update.update(batch.clone()), repeats, warmup=1)
-    profile = cProfile.Profile()
-    profile.enable()
-    update.update(batch.clone())
-    profile.disable()
-    stats = pstats.Stats(profile)
+    eager, stats = timed_and_profiled(update, batch, repeats)
     kernels = sum(value[2] for key, value in stats.stats.items() if any(name in key[2] for name in NETWORK_KERNELS))
     steps = sum(value[3] for key, value in stats.stats.items() if key[2] in OPTIMIZER_STEPS)
     arithmetic = kernels + steps
-    print(f"update s: eager {eager:.3f} (20 minibatches of {ANT_ENVS * ANT_STEPS // 4} rows)")
+    minibatches = update.num_epochs * update.num_minibatches
+    rest = stats.total_tt - arithmetic
+    print(f"update s: eager {eager:.3f} ({minibatches} minibatches of {batch.numel() // update.num_minibatches} rows)")
     print(
         f"eager update profile: {stats.total_tt:.3f} s, networks' arithmetic {arithmetic:.3f} s "
-        f"({arithmetic / stats.total_tt:.0%}), everything else {stats.total_tt - arithmetic:.3f} s "
-        f"({(stats.total_tt - arithmetic) / 20 * 1e3:.1f} ms per minibatch)"
+        f"({arithmetic / stats.total_tt:.0%}), everything else {rest:.3f} s "
+        f"({rest / minibatches * 1e3:.1f} ms per minibatch)"
     )
 
 
@@ -115,12 +122,7 @@ def main() -> None:
     actor = GenPOActor(GenPOFlow(ACTION, OBS, hidden_sizes=[64, 64]))
     update = PPOUpdate(GenPOLoss(actor, make_value_network(OBS, [64, 64])), num_epochs=5, num_minibatches=4)
     batch = rollout(actor)
-    eager = median_seconds(lambda: update.update(batch.clone()), args.repeats, warmup=1)
-    profile = cProfile.Profile()
-    profile.enable()
-    update.update(batch.clone())
-    profile.disable()
-    stats = pstats.Stats(profile)
+    eager, stats = timed_and_profiled(update, batch, args.repeats)
     mish = sum(value[2] for key, value in stats.stats.items() if key[2] in ("<built-in method torch._C._nn.mish>",))
     compile_networks(update.loss_module)
     compiled = median_seconds(lambda: update.update(batch.clone()), args.repeats, warmup=2)
