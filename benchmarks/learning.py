@@ -16,8 +16,10 @@ Every (task, algorithm, seed) is one subprocess, launched with the one command a
 Within a task every algorithm gets the same envs, rollout length and frame budget, so the
 curves are sampled at the same frames; they are still interpolated onto one grid before
 seeds are averaged. Each finished case leaves ``case.json`` in its directory
-(``<out>/<task>/<algorithm>/seed<k>/``); ``--resume`` skips those, so a long sweep can be
-stopped and continued. Cases run one at a time with one torch/OpenMP thread.
+(``<out>/<task>/<algorithm>/seed<k>/``); ``--resume`` skips those and continues a diffrl case
+that was stopped mid-run from its latest checkpoint (the recipe's ``resume=``), so a long sweep can
+be stopped and continued at any point. Without ``--resume`` every case starts over in an emptied
+directory. Cases run one at a time with one torch/OpenMP thread.
 
     python benchmarks/learning.py --quick                         # one tiny MuJoCo case, ~1 min
     python benchmarks/learning.py --resume --json learning.json   # the full sweep (docs/results.md)
@@ -36,6 +38,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,6 +66,8 @@ RECIPES = {
     "ppo": ("ppo_isaaclab", []),
 }
 DEFAULT_OUT = REPO / "benchmarks" / "out" / "learning"
+# Time a case past --timeout has to checkpoint its last iteration and close its MLflow run.
+TERMINATE_GRACE_SECONDS = 120
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,19 +370,41 @@ def read_mlflow_curve(run_dir: Path) -> dict[str, list[float]]:
 # -- one case -----------------------------------------------------------------------------------------
 
 
+def resume_checkpoint(directory: Path, algorithm: str) -> Path | None:
+    """The latest checkpoint an unfinished diffrl case left in ``directory`` (``None``: start over)."""
+    from diffrl.training.run_directory import RunDirectory
+
+    return None if algorithm == "rsl_rl" else RunDirectory(directory).latest_checkpoint()
+
+
 def run_case(
-    task: TaskSpec, algorithm: str, seed: int, out: Path, timeout: float, variant: Variant | None = None
+    task: TaskSpec,
+    algorithm: str,
+    seed: int,
+    out: Path,
+    timeout: float,
+    variant: Variant | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train one (task, algorithm, seed) in a subprocess; write and return its record (``case.json``).
 
     With ``variant``, ``algorithm`` is its label and the command is its algorithm's plus its overrides.
+    With ``resume``, a diffrl case continues from the latest checkpoint in its directory (its record's
+    ``resumed_from`` names it, and ``wall_seconds`` counts this process only); otherwise, or without a
+    checkpoint, the directory is emptied and the case starts over. A case past ``timeout`` gets SIGTERM,
+    on which the recipe checkpoints its last iteration, so a later ``resume`` loses nothing.
     """
     directory = case_dir(out, task, algorithm, seed)
+    checkpoint = resume_checkpoint(directory, algorithm) if resume else None
+    if checkpoint is None and directory.exists():
+        shutil.rmtree(directory)  # a fresh run refuses another run's checkpoints and MLflow store
     directory.mkdir(parents=True, exist_ok=True)
     if variant is None:
         command = case_command(task, algorithm, seed, directory.resolve())
     else:
         command = case_command(task, variant.algorithm, seed, directory.resolve(), variant.overrides)
+    if checkpoint is not None:
+        command.append(f"resume={checkpoint.resolve()}")
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     # This checkout's diffrl, also when the sweep runs from a snapshot (git worktree) of it.
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -397,15 +424,21 @@ def run_case(
         "command": display_command(command),
         "commit": git_commit(),
     }
+    if checkpoint is not None:
+        record["resumed_from"] = checkpoint.name
     start = time.perf_counter()
-    with (directory / "stdout.log").open("w") as log:
+    with (directory / "stdout.log").open("a" if checkpoint is not None else "w") as log:
+        # rsl_rl writes its logs under the working directory: the case directory.
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=directory, env=environment)
         try:
-            # rsl_rl writes its logs under the working directory: the case directory.
-            result = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=directory, env=environment, timeout=timeout
-            )
-            returncode = result.returncode
+            returncode = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            process.terminate()
+            try:
+                process.wait(timeout=TERMINATE_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
             returncode = -1
     record["wall_seconds"] = time.perf_counter() - start
     record["returncode"] = returncode
@@ -633,7 +666,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2")
     Variant.add_argument(parser)
     parser.add_argument("--out", type=Path, help=f"case directories (default {DEFAULT_OUT.relative_to(REPO)})")
-    parser.add_argument("--resume", action="store_true", help="skip cases whose case.json says they finished")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip cases whose case.json says they finished; continue stopped ones from their latest checkpoint",
+    )
     parser.add_argument(
         "--collect-only", action="store_true", help="run nothing: tables, plots and JSON of the finished cases"
     )
@@ -682,7 +719,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                         continue
                     if record is None:
                         print(f"running: {label} ({task.total_frames} frames)", flush=True)
-                        record = run_case(task, algorithm, seed, out, args.timeout, variants.get(algorithm))
+                        record = run_case(
+                            task, algorithm, seed, out, args.timeout, variants.get(algorithm), args.resume
+                        )
                     else:
                         print(f"kept: {label}", flush=True)
                     if record["ok"]:

@@ -222,3 +222,27 @@ def test_quick_json_has_one_record_per_case(tmp_path):
     assert len(record["returns"]) == len(record["frames"]) == 3
     assert math.isfinite(record["final_return"])  # 50-step episodes end within the run
     assert (tmp_path / "plots" / "learning_halfcheetah.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_resume_continues_a_stopped_case_from_its_checkpoint_and_a_rerun_starts_over(tmp_path):
+    def sweep(*options: str) -> dict:
+        output = tmp_path / "learning.json"
+        command = [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path / "out"), "--json", str(output)]
+        result = subprocess.run([*command, *options], capture_output=True, text=True, timeout=600, cwd=REPO)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        (record,) = json.loads(output.read_text())["records"]
+        return record
+
+    stopped = sweep("--iterations", "2")
+    case = tmp_path / "out" / "halfcheetah" / "ppo" / "seed0"
+    # A sweep killed after the run's last checkpoint but before the record: case.json is missing.
+    (case / "case.json").unlink()
+    resumed = sweep("--resume")
+    assert resumed["ok"] and resumed["resumed_from"] == "checkpoint-000000000002"
+    # One MLflow run, continued: the stopped run's two iterations, then the third.
+    assert resumed["frames"] == [256, 512, 768]
+    assert resumed["returns"][:2] == stopped["returns"]
+
+    rerun = sweep("--iterations", "1")  # without --resume: an emptied directory, a fresh run
+    assert "resumed_from" not in rerun and rerun["frames"] == [256]
