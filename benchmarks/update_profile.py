@@ -43,7 +43,7 @@ ANT_ENVS, ANT_STEPS, ANT_OBS, ANT_ACTION = 256, 32, 60, 8
 # The profile entries that are the networks' own arithmetic, by cProfile name: the layers' kernels and the
 # backward pass (own time), Adam's step and the gradient clipping (with everything they call).
 NETWORK_KERNELS = ("torch._C._nn.linear", "torch._C._nn.elu", "run_backward")
-OPTIMIZER_STEPS = ("_single_tensor_adam", "clip_grad_norm_")
+OPTIMIZER_STEPS = ("_single_tensor_adam", "_fused_adam", "clip_grad_norm_")
 
 
 def rollout(actor: TensorDictModuleBase, envs: int = ENVS, steps: int = STEPS, obs: int = OBS) -> TensorDict:

@@ -16,7 +16,7 @@ from diffrl.objectives.pathwise import PathwiseTrustRegionLoss
 from diffrl.training import distributed as parallel
 from diffrl.training.distributed import DistributedContext
 from diffrl.training.return_normalizer import DiscountedReturnNormalizer
-from diffrl.training.update_rule import UpdateRule
+from diffrl.training.update_rule import UpdateRule, adam
 
 
 class PathwiseUpdate(UpdateRule):
@@ -95,13 +95,6 @@ class PathwiseUpdate(UpdateRule):
         self.actor_parameters = loss_module.actor_parameters()
         self.critic_parameters = list(self.critic.parameters())
         device = self.actor_parameters[0].device
-        capturable = device.type == "cuda"  # the steps stay on the GPU: no sync, graph-capturable
-
-        def adam(parameters: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
-            return torch.optim.Adam(
-                parameters, lr=torch.tensor(lr, dtype=torch.float64, device=device), capturable=capturable
-            )
-
         self.actor_optimizer = adam(self.actor_parameters, learning_rate)
         self.critic_optimizer = adam(self.critic_parameters, critic_learning_rate)
         self.reward_normalizer = (

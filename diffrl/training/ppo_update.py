@@ -20,7 +20,7 @@ from diffrl.objectives.pathwise import PathwiseTrustRegionLoss
 from diffrl.training import distributed as parallel
 from diffrl.training.actor_average import ActorAverage
 from diffrl.training.distributed import DistributedContext
-from diffrl.training.update_rule import UpdateRule
+from diffrl.training.update_rule import UpdateRule, adam
 
 
 class KLAdaptiveLearningRate:
@@ -165,15 +165,7 @@ class PPOUpdate(UpdateRule):
         if self.context.is_distributed:
             parallel.broadcast_parameters(loss_module)
         self.advantage_module = GAE(gamma=gamma, lmbda=lmbda, value_network=self.critic, average_gae=False)
-        parameters = list(loss_module.parameters())
-        device = parameters[0].device
-        optimizer = torch.optim.AdamW if weight_decay > 0 else torch.optim.Adam
-        self.optimizer = optimizer(
-            parameters,
-            lr=torch.tensor(learning_rate, dtype=torch.float64, device=device),
-            weight_decay=weight_decay,
-            capturable=device.type == "cuda",  # the step stays on the GPU: no sync, graph-capturable
-        )
+        self.optimizer = adam(list(loss_module.parameters()), learning_rate, weight_decay=weight_decay)
         self.actor_average = (
             ActorAverage(self.actor, decay=ema_decay, warmup_updates=ema_warmup_updates) if ema_decay > 0 else None
         )
@@ -205,7 +197,9 @@ class PPOUpdate(UpdateRule):
     def update(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             self.advantage_module(batch)
-        flat = batch.reshape(-1)
+        # The next step's keys served GAE; the losses read the current step only, so the minibatch
+        # gather skips them.
+        flat = batch.reshape(-1).exclude("next")
         if self.normalize_advantage:
             flat["advantage"] = self._normalized_advantage(flat["advantage"])
         parameters = list(self.loss_module.parameters())

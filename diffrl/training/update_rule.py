@@ -49,3 +49,27 @@ class UpdateRule(ABC):
     @abstractmethod
     def learning_rate(self) -> torch.Tensor:
         """The current learning rate (0-d tensor), reported every iteration."""
+
+
+def adam(parameters: list[torch.nn.Parameter], learning_rate: float, *, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam (AdamW with ``weight_decay > 0``) whose rate is a float64 0-d tensor, for a step that never syncs.
+
+    On CUDA the step is ``capturable``: it stays on the GPU, so it can sit in a CUDA graph. On a CPU it
+    is ``fused``: one kernel for all parameters instead of a Python loop over them (4-5× faster at
+    rsl_rl's Cartpole and Ant sizes, ``benchmarks/update_profile.py``), equal to the loop to float32
+    rounding.
+
+    Example:
+        >>> optimizer = adam([torch.nn.Parameter(torch.zeros(3))], 1e-3)
+        >>> optimizer.param_groups[0]["lr"].dtype, optimizer.defaults["fused"]
+        (torch.float64, True)
+    """
+    device = parameters[0].device
+    optimizer = torch.optim.AdamW if weight_decay > 0 else torch.optim.Adam
+    return optimizer(
+        parameters,
+        lr=torch.tensor(learning_rate, dtype=torch.float64, device=device),
+        weight_decay=weight_decay,
+        capturable=device.type == "cuda",
+        fused=True if device.type == "cpu" else None,
+    )
