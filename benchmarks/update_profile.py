@@ -11,7 +11,8 @@ rewrite compiled.
 32 steps, 60 observations, 8 actions, [400, 200, 100] ELU actor and critic, 5 × 4 minibatches of
 2048 rows. Prints the median seconds of one eager update and how its profile splits between the
 networks' arithmetic (linear layers, ELU, the backward pass, gradient clipping and Adam) and everything else (TorchRL's
-loss, tensordict indexing, Python): the part of the update a leaner loss could remove.
+loss, tensordict indexing, Python): the part of the update a leaner loss could remove. Then one Adam step over
+the same parameters: torch's per-parameter loop (its CPU default, rsl_rl's) against the fused step diffrl uses.
 
     python benchmarks/update_profile.py --threads 1
     python benchmarks/update_profile.py --threads 1 --policy gaussian
@@ -90,7 +91,9 @@ def profile_gaussian_ppo(repeats: int) -> None:
     actor = GaussianActor(ANT_ACTION, ANT_OBS, [400, 200, 100], activation="elu")
     critic = make_value_network(ANT_OBS, [400, 200, 100], activation="elu")
     # AntPPORunnerCfg: clip 0.2, value clip 0.2, value coefficient 1, entropy coefficient 0.
-    loss = ClipPPOLoss(actor, critic, clip_epsilon=0.2, entropy_coeff=0.0, critic_coeff=1.0, clip_value=0.2)
+    loss = ClipPPOLoss(
+        actor, critic, clip_epsilon=0.2, entropy_coeff=0.0, critic_coeff=1.0, clip_value=0.2, functional=False
+    )
     update = PPOUpdate(loss, num_epochs=5, num_minibatches=4)
     batch = rollout(actor, ANT_ENVS, ANT_STEPS, ANT_OBS)
     eager, stats = timed_and_profiled(update, batch, repeats)
@@ -105,6 +108,16 @@ def profile_gaussian_ppo(repeats: int) -> None:
         f"({arithmetic / stats.total_tt:.0%}), everything else {rest:.3f} s "
         f"({rest / minibatches * 1e3:.1f} ms per minibatch)"
     )
+    parameters = list(loss.parameters())
+    for parameter in parameters:
+        parameter.grad = torch.randn_like(parameter)
+    steps = {
+        "per-parameter loop": torch.optim.Adam(parameters, lr=torch.tensor(1e-4, dtype=torch.float64), foreach=False),
+        "fused (diffrl's)": update.optimizer,
+    }
+    for name, optimizer in steps.items():
+        seconds = median_seconds(optimizer.step, repeats=50, warmup=5)
+        print(f"Adam step over the {len(parameters)} parameter tensors, {name}: {seconds * 1e3:.3f} ms")
 
 
 def main() -> None:

@@ -55,8 +55,8 @@ def adam(parameters: list[torch.nn.Parameter], learning_rate: float, *, weight_d
     """Adam (AdamW with ``weight_decay > 0``) whose rate is a float64 0-d tensor, for a step that never syncs.
 
     On CUDA the step is ``capturable``: it stays on the GPU, so it can sit in a CUDA graph. On a CPU it
-    is ``fused``: one kernel for all parameters instead of a Python loop over them (4-5× faster at
-    rsl_rl's Cartpole and Ant sizes, ``benchmarks/update_profile.py``), equal to the loop to float32
+    is ``fused``: one kernel for all parameters instead of a Python loop over them
+    (``benchmarks/update_profile.py --policy gaussian`` times both), equal to the loop to float32
     rounding.
 
     Example:
