@@ -111,11 +111,11 @@ def profile_gaussian_ppo(repeats: int) -> None:
     parameters = list(loss.parameters())
     for parameter in parameters:
         parameter.grad = torch.randn_like(parameter)
-    steps = {
+    optimizers = {
         "per-parameter loop": torch.optim.Adam(parameters, lr=torch.tensor(1e-4, dtype=torch.float64), foreach=False),
         "fused (diffrl's)": update.optimizer,
     }
-    for name, optimizer in steps.items():
+    for name, optimizer in optimizers.items():
         seconds = median_seconds(optimizer.step, repeats=50, warmup=5)
         print(f"Adam step over the {len(parameters)} parameter tensors, {name}: {seconds * 1e3:.3f} ms")
 
