@@ -164,7 +164,8 @@ class PPOUpdate(UpdateRule):
         self.context = distributed or DistributedContext()
         if self.context.is_distributed:
             parallel.broadcast_parameters(loss_module)
-        self.advantage_module = GAE(gamma=gamma, lmbda=lmbda, value_network=self.critic, average_gae=False)
+        # GAE reads the values _estimate_values writes: one critic pass where TorchRL's would make two.
+        self.advantage_module = GAE(gamma=gamma, lmbda=lmbda, value_network=None, average_gae=False)
         self.optimizer = adam(list(loss_module.parameters()), learning_rate, weight_decay=weight_decay)
         self.actor_average = (
             ActorAverage(self.actor, decay=ema_decay, warmup_updates=ema_warmup_updates) if ema_decay > 0 else None
@@ -196,6 +197,7 @@ class PPOUpdate(UpdateRule):
 
     def update(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
         with torch.no_grad():
+            self._estimate_values(batch)
             self.advantage_module(batch)
         # The next step's keys served GAE; the losses read the current step only, so the minibatch
         # gather skips them.
@@ -234,6 +236,47 @@ class PPOUpdate(UpdateRule):
         metrics = {key: value / count for key, value in sums.items()}
         metrics["grad_norm"] = grad_norm_sum / count
         return metrics
+
+    def _estimate_values(self, batch: TensorDictBase) -> None:
+        """Writes V(s_t) and V(s_t+1) into the rollout [..., steps], with one critic pass where TorchRL's GAE makes two.
+
+        A step's next observation is the following step's observation unless its episode ended there
+        (the env's final observation, then a reset). On a CPU the critic therefore evaluates the
+        observations, and the next observations of the last step and of the ended steps only; the
+        shifted values supply the rest. On other devices, where selecting the ended steps would make
+        the host wait for their count, it evaluates all next observations: TorchRL's cost, no sync.
+        """
+        value_key = self.advantage_module.tensor_keys.value
+        in_keys = self.critic.in_keys
+        value = self.critic(batch.select(*in_keys)).get(value_key)
+        following = batch.get("next").select(*in_keys)
+        if value.device.type != "cpu":
+            next_value = self.critic(following).get(value_key)
+        else:
+            ended = batch.get(("next", self.advantage_module.tensor_keys.done)).squeeze(-1).clone()
+            ended[..., -1] = True
+            self._require_continuing_observations(batch, ended)
+            next_value = torch.empty_like(value)
+            next_value[..., :-1, :] = value[..., 1:, :]
+            next_value[ended] = self.critic(following[ended]).get(value_key)
+        batch.set(value_key, value)
+        batch.set(("next", value_key), next_value)
+
+    def _require_continuing_observations(self, batch: TensorDictBase, ended: torch.Tensor) -> None:
+        """The shift above is only right on a collector's rollout: next observation = the following one unless ended."""
+        time, steps = ended.ndim - 1, ended.shape[-1]
+        for key in self.critic.in_keys:
+            current, following = batch.get(key), batch.get(("next", key))
+            same = torch.isclose(
+                following.narrow(time, 0, steps - 1), current.narrow(time, 1, steps - 1), rtol=0, atol=0, equal_nan=True
+            )
+            continuing = same.flatten(ended.ndim).all(-1) | ended[..., :-1]
+            if not bool(continuing.all()):
+                step = int((~continuing).nonzero()[0, -1])
+                raise ValueError(
+                    f"the rollout's next {key!r} at step {step} is not the following step's {key!r}, yet the "
+                    "episode did not end there: PPOUpdate takes a collector's rollouts [..., steps] in time order"
+                )
 
     def _normalized_advantage(self, advantage: torch.Tensor) -> torch.Tensor:
         """Standardized with the mean and (unbiased) std of the whole rollout, over all ranks."""

@@ -64,11 +64,11 @@ def test_ppo_update_deploys_the_average_once_warm_and_checkpoints_it():
     assert "actor_average" in update.checkpoint_components()
 
     def rollout() -> TensorDict:
-        batch = TensorDict({"observation": torch.randn(4, 3, 2)}, batch_size=[4, 3])
-        batch = actor(batch)
+        observation = torch.randn(4, 4, 2)  # a rollout in time order: the next observation is the following one
+        batch = actor(TensorDict({"observation": observation[:, :-1]}, batch_size=[4, 3]))
         batch["next"] = TensorDict(
             {
-                "observation": torch.randn(4, 3, 2),
+                "observation": observation[:, 1:],
                 "reward": torch.randn(4, 3, 1),
                 "done": torch.zeros(4, 3, 1, dtype=torch.bool),
                 "terminated": torch.zeros(4, 3, 1, dtype=torch.bool),

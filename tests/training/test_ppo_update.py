@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tensordict import TensorDict
 from torchrl.objectives import ClipPPOLoss, KLAdaptiveLR
+from torchrl.objectives.value import GAE
 
 from diffrl.envs import make_gym_env
 from diffrl.modules import GaussianActor, make_value_network
@@ -62,3 +64,75 @@ def test_the_trainer_asks_for_a_training_env():
     actor, critic = GaussianActor(6, 17, [8]), make_value_network(17, [8])
     with pytest.raises(ValueError, match=r"diffrl.envs.training_env\(env\)"):
         OnPolicyTrainer(env=env, update=PPOUpdate(ClipPPOLoss(actor, critic)), total_frames=10)
+
+
+class RowCounter(torch.nn.Module):
+    """The critic's MLP, counting the rows it evaluates."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.rows = net, 0
+
+    def forward(self, observation: torch.Tensor) -> torch.Tensor:
+        self.rows += observation.shape[:-1].numel()
+        return self.net(observation)
+
+
+def ended_episode_rollout(envs: int = 3, steps: int = 7, obs: int = 4) -> TensorDict:
+    """A collector-shaped float64 rollout with terminated and truncated steps mid-rollout: there the next
+    observation is the final one and the following step starts from a reset."""
+    generator = torch.Generator().manual_seed(0)
+    observation = torch.randn(envs, steps + 1, obs, dtype=torch.float64, generator=generator)
+    next_observation = observation[:, 1:].clone()
+    terminated = torch.zeros(envs, steps, 1, dtype=torch.bool)
+    truncated = torch.zeros_like(terminated)
+    terminated[0, 2], truncated[1, 4], truncated[2, 0], terminated[2, 5] = True, True, True, True
+    done = terminated | truncated
+    next_observation[done.squeeze(-1)] = torch.randn(int(done.sum()), obs, dtype=torch.float64, generator=generator)
+    return TensorDict(
+        {
+            "observation": observation[:, :-1],
+            "action": torch.randn(envs, steps, 2, dtype=torch.float64, generator=generator),
+            "next": {
+                "observation": next_observation,
+                "reward": torch.randn(envs, steps, 1, dtype=torch.float64, generator=generator),
+                "done": done,
+                "terminated": terminated,
+                "truncated": truncated,
+            },
+        },
+        batch_size=[envs, steps],
+    )
+
+
+def test_values_come_from_one_critic_pass_and_equal_torchrl_gae():
+    """TorchRL's GAE (the critic on every observation and every next one) is the reference, in float64.
+
+    The critic sees each step once, plus the last step's and the ended steps' next observations: 21 + 3 + 4
+    rows for 3 envs × 7 steps with 4 episode ends before the last step (TorchRL's: 42).
+    """
+    torch.manual_seed(0)
+    actor, critic = GaussianActor(2, 4, [8]).double(), make_value_network(4, [8]).double()
+    counter = RowCounter(critic.module)
+    critic.module = counter
+    update = PPOUpdate(ClipPPOLoss(actor, critic), num_epochs=1, num_minibatches=1)
+    batch = ended_episode_rollout()
+    reference = GAE(gamma=0.99, lmbda=0.95, value_network=critic, average_gae=False)(batch.clone())
+    counter.rows = 0
+    with torch.no_grad():
+        update._estimate_values(batch)
+        update.advantage_module(batch)
+    assert counter.rows == 21 + 3 + 4
+    for key in ("state_value", ("next", "state_value"), "advantage", "value_target"):
+        torch.testing.assert_close(batch[key], reference[key], rtol=0, atol=1e-12, msg=str(key))
+    # The ended steps' final observations matter: with the reset observation's value instead the targets move.
+    shifted = torch.cat([reference["state_value"][:, 1:], reference["next", "state_value"][:, -1:]], 1)
+    assert not torch.allclose(shifted, reference["next", "state_value"])
+
+
+def test_a_rollout_out_of_time_order_is_refused():
+    actor, critic = GaussianActor(2, 4, [8]).double(), make_value_network(4, [8]).double()
+    update = PPOUpdate(ClipPPOLoss(actor, critic), num_epochs=1, num_minibatches=1)
+    batch = ended_episode_rollout()[:, [0, 1, 3, 2, 4, 5, 6]]
+    with pytest.raises(ValueError, match="next 'observation' at step 1 is not the following step's"):
+        update.update(batch)
