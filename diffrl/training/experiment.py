@@ -62,8 +62,16 @@ def _check_counts(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={value!r}: must be a positive integer")
 
 
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+class StopRequested(KeyboardInterrupt):
+    """A signal (SIGTERM) asked the run to stop: handled as Ctrl-C is, and remembered for the exit status."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _raise_stop_requested(signum: int, frame: Any) -> None:
+    raise StopRequested(signum)
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
@@ -167,7 +175,7 @@ def _train(
     if tracker is not None:
         trainer.on_metrics = tracker.log_metrics
 
-    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_stop_requested)
     try:
         history = trainer.train()
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from diffrl.training.experiment import run_experiment
+from diffrl.training.experiment import StopRequested, run_experiment
 from diffrl.training.pathwise_update import PathwiseUpdate
 from diffrl.training.ppo_update import PPOUpdate
 from diffrl.training.run_directory import RunDirectory
@@ -69,6 +70,16 @@ def run_from_hydra(cfg: DictConfig) -> None:
         logger.error("%s", error)
         _discard_unstarted_run_directory(Path(run_dir), f"{HydraConfig.get().job.name}.log")
         sys.exit(2)
+    except KeyboardInterrupt as interrupt:
+        # A requested stop, not a failure (no traceback): the last completed iteration is checkpointed.
+        signum = interrupt.signum if isinstance(interrupt, StopRequested) else signal.SIGINT
+        checkpoint = RunDirectory(run_dir).latest_checkpoint()
+        logger.warning(
+            "stopped by %s; %s",
+            signal.Signals(signum).name,
+            f"to continue: resume={checkpoint}" if checkpoint else "no iteration had completed, nothing to resume",
+        )
+        sys.exit(128 + signum)
     last = result.history[-1] if result.history else {}
     logger.info(
         "done: %d frames, mean episode return %.3f; run directory %s; MLflow: mlflow ui --backend-store-uri %s",

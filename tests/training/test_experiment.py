@@ -66,9 +66,12 @@ def test_sigterm_checkpoints_closes_the_mlflow_run_and_the_run_resumes(tmp_path)
     else:
         pytest.fail(f"the run ended (status {process.wait()}) before its third iteration")
     remaining = process.communicate(timeout=120)[0]
-    assert process.returncode != 0 and "SIGTERM" in remaining
     checkpoints = sorted((tmp_path / "checkpoints").glob("checkpoint-*"))
     assert checkpoints, "a checkpoint of the last completed iteration was written"
+    # A requested stop: the shell's status for SIGTERM, the way to continue, no traceback.
+    assert process.returncode == 128 + signal.SIGTERM, remaining[-3000:]
+    assert f"stopped by SIGTERM; to continue: resume={checkpoints[-1]}" in remaining
+    assert "Traceback" not in remaining
     stopped_at = int(checkpoints[-1].name.split("-")[1])
     assert stopped_at >= 3
     client, run_id = mlflow_run(tmp_path)

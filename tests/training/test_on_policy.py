@@ -18,7 +18,7 @@ from diffrl.modules import DIMEActor, GenPOActor, GenPOFlow, HLGaussQValue, make
 from diffrl.numerics import NumericalError
 from diffrl.objectives import GenPOLoss, TruDiLoss
 from diffrl.training import OnPolicyTrainer, PathwiseUpdate, PPOUpdate
-from diffrl.training.experiment import _raise_keyboard_interrupt
+from diffrl.training.experiment import _raise_stop_requested
 
 NUM_ENVS, STEPS = 4, 16
 
@@ -196,7 +196,7 @@ def test_a_run_stopped_mid_iteration_checkpoints_the_last_completed_one_and_resu
             expected = pytest.raises(RuntimeError, match="lost its GPU context")
         else:
             expected = pytest.raises(KeyboardInterrupt, match="signal SIGTERM")
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous = signal.signal(signal.SIGTERM, _raise_stop_requested)
     try:
         with expected:
             stopped.train()
