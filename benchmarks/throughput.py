@@ -7,7 +7,12 @@ simulation per process):
 - ``random``: TorchRL's ``Collector`` with random actions, on the training env (the wrapper, the
   episode-statistics transforms and the collector, as ``OnPolicyTrainer`` builds them);
 - ``gaussian`` and ``genpo``: the same with the recipes' actors (the networks of
-  ``recipes/config/ppo_isaaclab.yaml`` and ``genpo_isaaclab.yaml`` for that task).
+  ``recipes/config/ppo_isaaclab.yaml`` and ``genpo_isaaclab.yaml`` for that task);
+- ``genpo_compiled``: GenPO's actor with its networks compiled as the recipes' ``compile=true`` does
+  (compilation falls in the burn-in);
+- ``rsl_rl_ppo_rollout``: rsl_rl's own rollout loop (its actor and critic on every step) inside its
+  training run below, at the training env count, from the collection time it prints: where a lean
+  PPO library's collection stands against the same ``env.step``.
 
 Training (one worker per trainer): diffrl's PPO and GenPO through the recipes' own
 :func:`~diffrl.training.experiment.run_experiment` (``OnPolicyTrainer``; the rate is its
@@ -104,6 +109,7 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
     from diffrl.envs import training_env
     from diffrl.envs.isaaclab import make_isaaclab_env
     from diffrl.numerics import NumericsMonitor
+    from diffrl.training.compilation import compile_networks
     from diffrl.training.experiment import actor_dimensions
 
     env = make_isaaclab_env(task, num_envs, device=device, seed=0, assets="offline")
@@ -125,9 +131,15 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
         action_dim = action_shape[-1]
         training = training_env(env, normalize_observations=False)
         policies: dict[str, Any] = {"random": None}
-        for algorithm, name in (("ppo", "gaussian"), ("genpo", "genpo")):
+        for algorithm, name, compiled in (
+            ("ppo", "gaussian", False),
+            ("genpo", "genpo", False),
+            ("genpo", "genpo_compiled", True),
+        ):
             actor_cfg = recipe_config(algorithm, task, num_envs, device).algorithm.actor
             policies[name] = instantiate(actor_cfg, **actor_dimensions(actor_cfg, obs_dim, action_dim)).to(device)
+            if compiled:
+                compile_networks(policies[name])
             if hasattr(policies[name], "numerics"):  # as in the trainer, which checks whole rollouts instead
                 policies[name].numerics = NumericsMonitor("off")
         for name, policy in policies.items():
@@ -242,6 +254,7 @@ def isaaclab_cli_training(
         **_rate(num_envs * steps_per_env * len(timings), collection + update),
         "collection_s_per_iteration": collection / len(timings),
         "update_s_per_iteration": update / len(timings),
+        "collection_seconds": collection,
     }
 
 
@@ -398,6 +411,18 @@ def measure_round(
                 ),
                 f"training, Isaac Lab {library} ppo, {task}",
             )
+        if args.train_envs in num_envs:  # beside the collection cases: same task, env count and round
+            for r in training:
+                if r["name"] == "rsl_rl_ppo" and r["task"] == task:
+                    collection.append(
+                        {
+                            "measurement": "collection",
+                            "task": task,
+                            "num_envs": r["num_envs"],
+                            "name": "rsl_rl_ppo_rollout",
+                            **_rate(r["frames"], r["collection_seconds"]),
+                        }
+                    )
     return collection, training
 
 
