@@ -237,7 +237,7 @@ class PPOUpdate(UpdateRule):
         metrics["grad_norm"] = grad_norm_sum / count
         return metrics
 
-    def _estimate_values(self, batch: TensorDictBase) -> None:
+    def _estimate_values(self, batch: TensorDictBase, *, select_ended: bool | None = None) -> None:
         """Writes V(s_t) and V(s_t+1) into the rollout [..., steps], with one critic pass where TorchRL's GAE makes two.
 
         A step's next observation is the following step's observation unless its episode ended there
@@ -245,12 +245,13 @@ class PPOUpdate(UpdateRule):
         observations, and the next observations of the last step and of the ended steps only; the
         shifted values supply the rest. On other devices, where selecting the ended steps would make
         the host wait for their count, it evaluates all next observations: TorchRL's cost, no sync.
+        ``select_ended`` overrides that choice (``None``: by the device).
         """
         value_key = self.advantage_module.tensor_keys.value
         in_keys = self.critic.in_keys
         value = self.critic(batch.select(*in_keys)).get(value_key)
         following = batch.get("next").select(*in_keys)
-        if value.device.type != "cpu":
+        if not (value.device.type == "cpu" if select_ended is None else select_ended):
             next_value = self.critic(following).get(value_key)
         else:
             ended = batch.get(("next", self.advantage_module.tensor_keys.done)).squeeze(-1).clone()

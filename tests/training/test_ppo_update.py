@@ -105,11 +105,13 @@ def ended_episode_rollout(envs: int = 3, steps: int = 7, obs: int = 4) -> Tensor
     )
 
 
-def test_values_come_from_one_critic_pass_and_equal_torchrl_gae():
+@pytest.mark.parametrize(("select_ended", "rows"), [(True, 21 + 3 + 4), (False, 42)])
+def test_values_come_from_one_critic_pass_and_equal_torchrl_gae(select_ended, rows):
     """TorchRL's GAE (the critic on every observation and every next one) is the reference, in float64.
 
-    The critic sees each step once, plus the last step's and the ended steps' next observations: 21 + 3 + 4
-    rows for 3 envs × 7 steps with 4 episode ends before the last step (TorchRL's: 42).
+    On a CPU the critic sees each step once, plus the last step's and the ended steps' next observations:
+    21 + 3 + 4 rows for 3 envs × 7 steps with 4 episode ends before the last step. The sync-free path of
+    other devices evaluates every next observation, as TorchRL does (42 rows).
     """
     torch.manual_seed(0)
     actor, critic = GaussianActor(2, 4, [8]).double(), make_value_network(4, [8]).double()
@@ -120,9 +122,9 @@ def test_values_come_from_one_critic_pass_and_equal_torchrl_gae():
     reference = GAE(gamma=0.99, lmbda=0.95, value_network=critic, average_gae=False)(batch.clone())
     counter.rows = 0
     with torch.no_grad():
-        update._estimate_values(batch)
+        update._estimate_values(batch, select_ended=select_ended)
         update.advantage_module(batch)
-    assert counter.rows == 21 + 3 + 4
+    assert counter.rows == rows
     for key in ("state_value", ("next", "state_value"), "advantage", "value_target"):
         torch.testing.assert_close(batch[key], reference[key], rtol=0, atol=1e-12, msg=str(key))
     # The ended steps' final observations matter: with the reset observation's value instead the targets move.
