@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from diffrl.training.distributed import DistributedContext
 from diffrl.training.experiment import StopRequested, run_experiment
 from diffrl.training.pathwise_update import PathwiseUpdate
 from diffrl.training.ppo_update import PPOUpdate
@@ -73,12 +74,13 @@ def run_from_hydra(cfg: DictConfig) -> None:
     except KeyboardInterrupt as interrupt:
         # A requested stop, not a failure (no traceback): the last completed iteration is checkpointed.
         signum = interrupt.signum if isinstance(interrupt, StopRequested) else signal.SIGINT
-        checkpoint = RunDirectory(run_dir).latest_checkpoint()
-        logger.warning(
-            "stopped by %s; %s",
-            signal.Signals(signum).name,
-            f"to continue: resume={checkpoint}" if checkpoint else "no iteration had completed, nothing to resume",
-        )
+        if DistributedContext.from_environment().is_main:  # the rank that owns the run directory
+            checkpoint = RunDirectory(run_dir).latest_checkpoint()
+            logger.warning(
+                "stopped by %s; %s",
+                signal.Signals(signum).name,
+                f"to continue: resume={checkpoint}" if checkpoint else "no iteration had completed, nothing to resume",
+            )
         sys.exit(128 + signum)
     last = result.history[-1] if result.history else {}
     logger.info(
