@@ -251,15 +251,17 @@ class PPOUpdate(UpdateRule):
         in_keys = self.critic.in_keys
         value = self.critic(batch.select(*in_keys)).get(value_key)
         following = batch.get("next").select(*in_keys)
-        if not (value.device.type == "cpu" if select_ended is None else select_ended):
-            next_value = self.critic(following).get(value_key)
-        else:
+        if select_ended is None:
+            select_ended = value.device.type == "cpu"
+        if select_ended:
             ended = batch.get(("next", self.advantage_module.tensor_keys.done)).squeeze(-1).clone()
             ended[..., -1] = True
             self._require_continuing_observations(batch, ended)
             next_value = torch.empty_like(value)
             next_value[..., :-1, :] = value[..., 1:, :]
             next_value[ended] = self.critic(following[ended]).get(value_key)
+        else:
+            next_value = self.critic(following).get(value_key)
         batch.set(value_key, value)
         batch.set(("next", value_key), next_value)
 
