@@ -14,6 +14,13 @@ simulation per process):
   training run below, at the training env count, from the collection time it prints: where a lean
   PPO library's collection stands against the same ``env.step``.
 
+A policy changes the simulator's own cost: its actions end episodes at other steps than random
+actions do, and on a CPU a step in which Isaac Lab resets some envs costs more. So each collection
+row also times, on a CPU, every call of Isaac Lab's ``env.step`` and of the policy inside it, and
+splits a step into ``env.step``, policy and the rest (TorchRL's wrapper, transforms and collector);
+``× its env.step`` is the first part's share, the collection against the simulator on the very
+steps it ran; ``steps with a reset`` the share of steps in which some env's episode ended.
+
 Training (one worker per trainer): diffrl's PPO and GenPO through the recipes' own
 :func:`~diffrl.training.experiment.run_experiment` (``OnPolicyTrainer``; the rate is its
 ``frames_per_second``: frames over collection + update time), and rsl_rl PPO through
@@ -101,6 +108,51 @@ def _rate(frames: int, seconds: float) -> dict[str, float]:
     return {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds}
 
 
+@contextlib.contextmanager
+def summed_call_time(owner: Any, attribute: str):
+    """While open, every call of ``owner.attribute`` adds its wall seconds to the yielded ``[total]``.
+
+    ``owner`` ``None`` (the random policy, which the collector draws from the spec) times nothing.
+    """
+    total = [0.0]
+    if owner is None:
+        yield total
+        return
+    original = getattr(owner, attribute)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - start
+
+    setattr(owner, attribute, timed)
+    try:
+        yield total
+    finally:
+        delattr(owner, attribute)  # the class's method again
+
+
+def _split(
+    steps: int, seconds: float, simulator: float, policy: float, reset_share: float, device: str
+) -> dict[str, float | None]:
+    """Where a collection step's time went: Isaac Lab's ``env.step``, the policy, the rest (TorchRL).
+
+    On a CPU the host's time is the work's; on a GPU the calls return before their kernels finish,
+    so the split is not recorded there.
+    """
+    per_step = {"steps_with_reset": reset_share}
+    if device != "cpu":
+        return {**per_step, "simulator_ms": None, "policy_ms": None, "rest_ms": None}
+    return {
+        **per_step,
+        "simulator_ms": simulator / steps * 1e3,
+        "policy_ms": policy / steps * 1e3,
+        "rest_ms": (seconds - simulator - policy) / steps * 1e3,
+    }
+
+
 def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in: int) -> list[dict[str, Any]]:
     """Collection rates on one env: bare Isaac Lab stepping, then the Collector with each policy."""
     from hydra.utils import instantiate
@@ -121,11 +173,20 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
         action_shape = env.action_spec.shape
         steps = batches * steps_per_env
         gym_env.reset()
+        steps_with_reset = 0
         for step in range(burn_in * steps_per_env + steps):
             if step == burn_in * steps_per_env:
-                start = time.perf_counter()
-            gym_env.step(torch.randn(action_shape, device=device))
-        records.append({"name": "isaaclab_step", **_rate(steps * num_envs, time.perf_counter() - start)})
+                start, steps_with_reset = time.perf_counter(), 0
+            _, _, terminated, truncated, _ = gym_env.step(torch.randn(action_shape, device=device))
+            steps_with_reset += int((terminated | truncated).any())
+        seconds = time.perf_counter() - start
+        records.append(
+            {
+                "name": "isaaclab_step",
+                **_rate(steps * num_envs, seconds),
+                **_split(steps, seconds, seconds, 0.0, steps_with_reset / steps, device),
+            }
+        )
 
         obs_dim = env.observation_spec["observation"].shape[-1]
         action_dim = action_shape[-1]
@@ -155,10 +216,19 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
                 iterator = iter(collector)
                 for _ in range(burn_in):
                     next(iterator)
-                start = time.perf_counter()
-                for _ in range(batches):
-                    next(iterator)
-                records.append({"name": name, **_rate(batches * frames_per_batch, time.perf_counter() - start)})
+                with summed_call_time(gym_env, "step") as simulator, summed_call_time(policy, "forward") as acting:
+                    start, ended = time.perf_counter(), []
+                    for _ in range(batches):
+                        ended.append(next(iterator)["next", "done"].any(0).flatten())  # [steps]: some env ended
+                    seconds = time.perf_counter() - start
+                reset_share = torch.cat(ended).float().mean().item()
+                records.append(
+                    {
+                        "name": name,
+                        **_rate(batches * frames_per_batch, seconds),
+                        **_split(steps, seconds, simulator[0], acting[0], reset_share, device),
+                    }
+                )
             finally:
                 collector.shutdown(close_env=False)
     finally:
@@ -337,18 +407,37 @@ def shared_cpu_table(records: Sequence[dict[str, Any]]) -> str:
 
 
 def collection_table(records: Sequence[dict[str, Any]]) -> str:
+    """Rates against ``isaaclab_step``, and each step split into Isaac Lab's ``env.step``, the policy and the rest.
+
+    ``× its env.step`` is the share of the collection's time inside Isaac Lab's ``env.step`` on the
+    same steps: the same actions and the same resets, which a policy changes (random actions end
+    episodes at other steps than an actor's, and Isaac Lab's reset costs a CPU step more).
+    """
+
+    def milliseconds(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
     raw = {(r["task"], r["num_envs"]): r["frames_per_s"] for r in records if r["name"] == "isaaclab_step"}
-    rows = [
-        (
-            r["task"],
-            r["num_envs"],
-            r["name"],
-            f"{r['frames_per_s']:.0f}",
-            f"{r['frames_per_s'] / raw[(r['task'], r['num_envs'])]:.2f}",
+    rows = []
+    for r in records:
+        simulator, policy, rest = (r.get(key) for key in ("simulator_ms", "policy_ms", "rest_ms"))
+        own = None if simulator is None else simulator / (simulator + policy + rest)
+        rows.append(
+            (
+                r["task"],
+                r["num_envs"],
+                r["name"],
+                f"{r['frames_per_s']:.0f}",
+                f"{r['frames_per_s'] / raw[(r['task'], r['num_envs'])]:.2f}",
+                milliseconds(own),
+                milliseconds(simulator),
+                milliseconds(policy),
+                milliseconds(rest),
+                milliseconds(r.get("steps_with_reset")),
+            )
         )
-        for r in records
-    ]
-    return format_table(rows, ("task", "envs", "policy", "frames/s", "× isaaclab_step"))
+    header = ("task", "envs", "policy", "frames/s", "× isaaclab_step", "× its env.step", "env.step ms")
+    return format_table(rows, (*header, "policy ms", "rest ms", "steps with a reset"))
 
 
 def training_table(records: Sequence[dict[str, Any]]) -> str:
