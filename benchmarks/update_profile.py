@@ -9,13 +9,20 @@ rewrite compiled.
 
 ``--policy gaussian``: diffrl's PPO (TorchRL's ``ClipPPOLoss``) at rsl_rl's Isaac-Ant sizes, 256 envs ×
 32 steps, 60 observations, 8 actions, [400, 200, 100] ELU actor and critic, 5 × 4 minibatches of
-2048 rows. Prints the median seconds of one eager update and how its profile splits between the
-networks' arithmetic (linear layers, ELU, the backward pass, gradient clipping and Adam) and everything else (TorchRL's
-loss, tensordict indexing, Python): the part of the update a leaner loss could remove. Then one Adam step over
-the same parameters: torch's per-parameter loop (its CPU default, rsl_rl's) against the fused step diffrl uses.
+2048 rows (``--sizes cartpole``: rsl_rl's Isaac-Cartpole sizes, 256 × 16 steps, 4 observations, 1
+action, [32, 32], minibatches of 1024 rows). Prints the median seconds of one eager update beside
+rsl_rl's own on the same sizes in the same process, in turns: its ``compute_returns`` (GAE; the
+values it stored while collecting) and ``update``, what its "Learning time" counts, from a rollout
+filled through its ``act`` and ``process_env_step`` (untimed). diffrl's update also evaluates the
+critic on the rollout, which rsl_rl does while collecting. Then how diffrl's profile splits between
+the networks' arithmetic (linear layers, ELU, the backward pass, gradient clipping and Adam) and
+everything else (TorchRL's loss, tensordict indexing, Python): the part of the update a leaner
+loss could remove. Then one Adam step over the same parameters: torch's per-parameter loop (its
+CPU default) against the fused step diffrl uses.
 
     python benchmarks/update_profile.py --threads 1
     python benchmarks/update_profile.py --threads 1 --policy gaussian
+    python benchmarks/update_profile.py --threads 1 --policy gaussian --sizes cartpole
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ from diffrl.training import PPOUpdate
 from diffrl.training.compilation import compile_networks
 
 ENVS, STEPS, OBS, ACTION = 256, 16, 4, 1
-ANT_ENVS, ANT_STEPS, ANT_OBS, ANT_ACTION = 256, 32, 60, 8
+# rsl_rl's reference sizes for --policy gaussian: envs, steps per env, observations, actions, hidden widths.
+GAUSSIAN_SIZES = {"ant": (256, 32, 60, 8, [400, 200, 100]), "cartpole": (256, 16, 4, 1, [32, 32])}
 # The profile entries that are the networks' own arithmetic, by cProfile name: the layers' kernels and the
 # backward pass (own time), Adam's step and the gradient clipping (with everything they call).
 NETWORK_KERNELS = ("torch._C._nn.linear", "torch._C._nn.elu", "run_backward")
@@ -86,25 +94,75 @@ def timed_and_profiled(update: PPOUpdate, batch: TensorDict, repeats: int) -> tu
     return seconds, pstats.Stats(profile)
 
 
-def profile_gaussian_ppo(repeats: int) -> None:
-    """diffrl's PPO update at rsl_rl's Isaac-Ant sizes: its time, and the networks' share of its profile."""
-    actor = GaussianActor(ANT_ACTION, ANT_OBS, [400, 200, 100], activation="elu")
-    critic = make_value_network(ANT_OBS, [400, 200, 100], activation="elu")
+def rsl_rl_update(envs: int, steps: int, obs: int, action: int, hidden: list[int]) -> Callable[[], float]:
+    """rsl_rl's PPO at these sizes (AntPPORunnerCfg's settings): a call fills its rollout, then times its learning.
+
+    The rollout comes from rsl_rl's own ``act`` and ``process_env_step`` on random observations and
+    rewards (untimed); the timed part is ``compute_returns`` + ``update``, its "Learning time".
+    """
+    from rsl_rl.algorithms import PPO
+    from rsl_rl.models import MLPModel
+    from rsl_rl.storage import RolloutStorage
+
+    def observation() -> TensorDict:
+        return TensorDict({"policy": torch.randn(envs, obs)}, batch_size=[envs])
+
+    groups = {"actor": ["policy"], "critic": ["policy"]}
+    distribution = {"class_name": "rsl_rl.modules.distribution:GaussianDistribution", "init_std": 1.0}
+    actor = MLPModel(observation(), groups, "actor", action, hidden, "elu", distribution_cfg=distribution)
+    critic = MLPModel(observation(), groups, "critic", 1, hidden, "elu")
+    storage = RolloutStorage("rl", envs, steps, observation(), [action])
+    algorithm = PPO(actor, critic, storage, entropy_coef=0.0, learning_rate=5e-4)
+
+    def learn() -> float:
+        with torch.inference_mode():
+            for _ in range(steps):
+                algorithm.act(observation())
+                algorithm.process_env_step(observation(), torch.randn(envs), torch.zeros(envs), {})
+            last = observation()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            algorithm.compute_returns(last)
+        algorithm.update()
+        return time.perf_counter() - start
+
+    return learn
+
+
+def profile_gaussian_ppo(repeats: int, sizes: str) -> None:
+    """diffrl's PPO update at rsl_rl's sizes: its time beside rsl_rl's, and the networks' share of its profile."""
+    envs, steps, obs, action, hidden = GAUSSIAN_SIZES[sizes]
+    actor = GaussianActor(action, obs, hidden, activation="elu")
+    critic = make_value_network(obs, hidden, activation="elu")
     # AntPPORunnerCfg: clip 0.2, value clip 0.2, value coefficient 1, entropy coefficient 0.
     loss = ClipPPOLoss(
         actor, critic, clip_epsilon=0.2, entropy_coeff=0.0, critic_coeff=1.0, clip_value=0.2, functional=False
     )
     update = PPOUpdate(loss, num_epochs=5, num_minibatches=4)
-    batch = rollout(actor, ANT_ENVS, ANT_STEPS, ANT_OBS)
-    eager, stats = timed_and_profiled(update, batch, repeats)
+    batch = rollout(actor, envs, steps, obs)
+    rsl_rl_learn = rsl_rl_update(envs, steps, obs, action, hidden)
+    diffrl_samples, rsl_rl_samples = [], []
+    for round_ in range(repeats + 1):  # in turns; the first round warms both up and is dropped
+        start = time.perf_counter()
+        update.update(batch.clone())
+        diffrl_seconds, rsl_rl_seconds = time.perf_counter() - start, rsl_rl_learn()
+        if round_:
+            diffrl_samples.append(diffrl_seconds)
+            rsl_rl_samples.append(rsl_rl_seconds)
+    eager, reference = statistics.median(diffrl_samples), statistics.median(rsl_rl_samples)
+    _, stats = timed_and_profiled(update, batch, repeats=1)
     kernels = sum(value[2] for key, value in stats.stats.items() if any(name in key[2] for name in NETWORK_KERNELS))
-    steps = sum(value[3] for key, value in stats.stats.items() if key[2] in OPTIMIZER_STEPS)
-    arithmetic = kernels + steps
+    steps_time = sum(value[3] for key, value in stats.stats.items() if key[2] in OPTIMIZER_STEPS)
+    arithmetic = kernels + steps_time
     minibatches = update.num_epochs * update.num_minibatches
     rest = stats.total_tt - arithmetic
-    print(f"update s: eager {eager:.3f} ({minibatches} minibatches of {batch.numel() // update.num_minibatches} rows)")
+    print(f"{sizes} sizes: {minibatches} minibatches of {batch.numel() // update.num_minibatches} rows")
     print(
-        f"eager update profile: {stats.total_tt:.3f} s, networks' arithmetic {arithmetic:.3f} s "
+        f"update s: diffrl eager {eager:.4f}, rsl_rl compute_returns + update {reference:.4f}, "
+        f"diffrl / rsl_rl {eager / reference:.2f} (medians of {repeats}, in turns)"
+    )
+    print(
+        f"diffrl's eager update profile: {stats.total_tt:.3f} s, networks' arithmetic {arithmetic:.3f} s "
         f"({arithmetic / stats.total_tt:.0%}), everything else {rest:.3f} s "
         f"({rest / minibatches * 1e3:.1f} ms per minibatch)"
     )
@@ -125,12 +183,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--policy", choices=("genpo", "gaussian"), default="genpo")
+    parser.add_argument("--sizes", choices=sorted(GAUSSIAN_SIZES), default="ant", help="--policy gaussian's sizes")
     args = parser.parse_args()
     set_threads(args.threads)
     print(format_machine(machine_description(torch.device("cpu"))))
     torch.manual_seed(0)
     if args.policy == "gaussian":
-        profile_gaussian_ppo(args.repeats)
+        profile_gaussian_ppo(args.repeats, args.sizes)
         return
     actor = GenPOActor(GenPOFlow(ACTION, OBS, hidden_sizes=[64, 64]))
     update = PPOUpdate(GenPOLoss(actor, make_value_network(OBS, [64, 64])), num_epochs=5, num_minibatches=4)
