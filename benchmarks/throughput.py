@@ -597,6 +597,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             record["repeat"] = repeat
         collection += round_collection
         training += round_training
+        if args.repeats > 1 and round_collection:  # each round's split, which the medians below do not keep
+            print(f"collection, round {repeat + 1} of {args.repeats}:", flush=True)
+            print(collection_table(round_collection), flush=True)
     collection, training = median_records(collection), median_records(training)
     if collection:
         print(collection_table(collection))
