@@ -4,8 +4,11 @@ Compiling whole losses or actors meets TensorDict plumbing, Python-side checks a
 control flow (graph breaks, recompiles); the networks are pure tensor functions that every sample,
 inversion and backward pass runs through, so compiling them gives the fusion (Inductor turns
 :class:`~diffrl.modules.velocity_net.Mish`'s elementwise chain into one vectorized loop) without
-touching the rest. Batch sizes vary (a rollout step, a minibatch, the stacked inversion + sample),
-so the compiled graphs are dynamic in the batch dimension.
+touching the rest. GenPO's flow map (:meth:`GenPOFlow.forward`, the whole N-step sampling pass of
+a collection step) is one such pure function too: compiled whole, its 2N velocity calls and the
+couplings between them become one graph, where compiling the trunk alone leaves 2N calls of
+Python dispatch per step. Batch sizes vary (a rollout step, a minibatch, the stacked inversion +
+sample), so the compiled graphs are dynamic in the batch dimension.
 """
 
 from __future__ import annotations
@@ -13,20 +16,26 @@ from __future__ import annotations
 from torch import nn
 from torchrl.modules import MLP
 
+from diffrl.modules.genpo_flow import GenPOFlow
 from diffrl.modules.velocity_net import VelocityNet
 
 
 def compile_networks(module: nn.Module) -> int:
-    """Compile, in place, every velocity-net trunk and TorchRL ``MLP`` inside ``module``; returns how many.
+    """Compile, in place, every velocity-net trunk, TorchRL ``MLP`` and GenPO flow map inside ``module``.
+
+    Returns how many modules were compiled. A :class:`GenPOFlow` is compiled as a whole (its
+    ``forward``, the sampling pass); its inversion and the update's stacked pass run eagerly through
+    the compiled trunk.
 
     Example:
         >>> from diffrl.modules import GenPOActor, GenPOFlow, make_value_network
         >>> actor, critic = GenPOActor(GenPOFlow(2, 3, hidden_sizes=[8])), make_value_network(3, [8])
-        >>> compile_networks(actor), compile_networks(critic)
-        (1, 1)
+        >>> compile_networks(actor), compile_networks(critic)  # the trunk and the flow map; the MLP
+        (2, 1)
     """
     targets = [m.trunk for m in module.modules() if isinstance(m, VelocityNet)]
     targets += [m for m in module.modules() if isinstance(m, MLP)]
+    targets += [m for m in module.modules() if isinstance(m, GenPOFlow)]
     for target in targets:
         target.compile(dynamic=True)
     return len(targets)

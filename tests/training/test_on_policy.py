@@ -389,7 +389,7 @@ def test_compiled_networks_train_and_compute_what_the_eager_ones_do(tmp_path):
     observation, noise = torch.randn(5, flow.obs_dim), torch.randn(5, 2 * flow.action_dim)
     with torch.no_grad():
         eager = flow(noise, observation)
-    assert compile_networks(trainer.update.loss_module) == 2  # the velocity trunk and the critic MLP
+    assert compile_networks(trainer.update.loss_module) == 3  # the velocity trunk, the flow map, the critic MLP
     with torch.no_grad():
         torch.testing.assert_close(flow(noise, observation), eager, rtol=1e-5, atol=1e-6)
     history = trainer.train()
