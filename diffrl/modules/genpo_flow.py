@@ -133,6 +133,7 @@ class GenPOFlow(nn.Module):
             self.volume_head = nn.utils.skip_init(nn.Linear, obs_dim, action_dim)
             nn.init.zeros_(self.volume_head.weight)
             nn.init.zeros_(self.volume_head.bias)
+        self.stacked_pass_compiled = False  # compile_stacked_pass() turns it on
 
     @property
     def constant_log_abs_det(self) -> float:
@@ -204,32 +205,23 @@ class GenPOFlow(nn.Module):
         needs one velocity evaluation that does not depend on the other's, so the two are stacked
         into one call of [B₁ + B₂] rows (each row with its own step's context). The results equal
         :meth:`inverse` and :meth:`forward` up to round-off. Shapes: ``latent`` [B₁, 2d], ``latent_obs``
-        [B₁, o], ``noise`` [B₂, 2d], ``noise_obs`` [B₂, o] (one batch dimension each).
+        [B₁, o], ``noise`` [B₂, 2d], ``noise_obs`` [B₂, o] (one batch dimension each). After
+        :meth:`compile_stacked_pass` the pass runs as one compiled graph, forward and backward.
         """
         self._check(latent, latent_obs, "latent action")
         self._check(noise, noise_obs, "noise")
         if latent.ndim != 2 or noise.ndim != 2:
             raise ValueError("inverse_and_forward takes batches with one batch dimension, [B, 2d]")
-        p, dt, rows = self.mix, 1.0 / self.num_steps, latent.shape[0]
-        velocity = self.velocity_net.velocity_in_context
-        time_features = self._time_features(latent.dtype)  # the same N times for both walks
-        inverse_contexts = self._contexts(latent_obs, time_features)
-        forward_contexts = self._contexts(noise_obs, time_features)
-        x, y = latent.chunk(2, dim=-1)  # walked back to the noise
-        u, w = noise.chunk(2, dim=-1)  # walked forward to a latent
-        u, w = self._scale_noise(u, w, noise_obs, 1.0)
-        for step in range(self.num_steps):
-            context = torch.cat([inverse_contexts[self.num_steps - 1 - step], forward_contexts[step]])
-            y = torch.add(y, x, alpha=-(1.0 - p)).div_(p)
-            x = torch.add(x, y, alpha=-(1.0 - p)).div_(p)
-            both = velocity(torch.cat([x, w]), context)  # the inverse's v(x), the forward's v(w)
-            y, u = torch.sub(y, both[:rows], alpha=dt), torch.add(u, both[rows:], alpha=dt)
-            both = velocity(torch.cat([y, u]), context)  # the inverse's v(y), the forward's v(u)
-            x, w = torch.sub(x, both[:rows], alpha=dt), torch.add(w, both[rows:], alpha=dt)
-            u = torch.lerp(w, u, p)
-            w = torch.lerp(u, w, p)
-        x, y = self._scale_noise(x, y, latent_obs, -1.0)
-        return torch.cat([x, y], dim=-1), torch.cat([u, w], dim=-1)
+        stacked_pass = _compiled_stacked_pass if self.stacked_pass_compiled else _stacked_pass
+        return stacked_pass(self, latent, latent_obs, noise, noise_obs)
+
+    def compile_stacked_pass(self) -> None:
+        """Run :meth:`inverse_and_forward`'s 2N velocity calls and couplings as one ``torch.compile`` graph.
+
+        The graph is compiled on first use, once per flow (a deep copy gets its own), for the batch
+        sizes of that call (torch recompiles once, with dynamic sizes, if they change).
+        """
+        self.stacked_pass_compiled = True
 
     def _time_features(self, dtype: torch.dtype) -> torch.Tensor:
         """The N flow times' first-layer features [N, H], in one batched call."""
@@ -262,3 +254,36 @@ class GenPOFlow(nn.Module):
         """The executed action (x + y)/2, [*B, 2d] → [*B, d]."""
         x, y = latent.chunk(2, dim=-1)
         return 0.5 * (x + y)
+
+
+def _stacked_pass(
+    flow: GenPOFlow, latent: torch.Tensor, latent_obs: torch.Tensor, noise: torch.Tensor, noise_obs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`GenPOFlow.inverse_and_forward` after its checks: a pure tensor function of the flow's weights."""
+    p, dt, rows = flow.mix, 1.0 / flow.num_steps, latent.shape[0]
+    velocity = flow.velocity_net.velocity_in_context
+    time_features = flow._time_features(latent.dtype)  # the same N times for both walks
+    inverse_contexts = flow._contexts(latent_obs, time_features)
+    forward_contexts = flow._contexts(noise_obs, time_features)
+    x, y = latent.chunk(2, dim=-1)  # walked back to the noise
+    u, w = noise.chunk(2, dim=-1)  # walked forward to a latent
+    u, w = flow._scale_noise(u, w, noise_obs, 1.0)
+    for step in range(flow.num_steps):
+        context = torch.cat([inverse_contexts[flow.num_steps - 1 - step], forward_contexts[step]])
+        y = torch.add(y, x, alpha=-(1.0 - p)).div_(p)
+        x = torch.add(x, y, alpha=-(1.0 - p)).div_(p)
+        both = velocity(torch.cat([x, w]), context)  # the inverse's v(x), the forward's v(w)
+        y, u = torch.sub(y, both[:rows], alpha=dt), torch.add(u, both[rows:], alpha=dt)
+        both = velocity(torch.cat([y, u]), context)  # the inverse's v(y), the forward's v(u)
+        x, w = torch.sub(x, both[:rows], alpha=dt), torch.add(w, both[rows:], alpha=dt)
+        u = torch.lerp(w, u, p)
+        w = torch.lerp(u, w, p)
+    x, y = flow._scale_noise(x, y, latent_obs, -1.0)
+    return torch.cat([x, y], dim=-1), torch.cat([u, w], dim=-1)
+
+
+# Compiled lazily, on the first call of a flow that asked for it; Dynamo guards on the flow, so each
+# instance (a deep copy too) gets a graph of its own weights. Not dynamic=True: that would also trace
+# the flow's float attributes (mix, 1/N) as symbols, which Inductor cannot lower as add's alpha; the
+# default recompiles once with dynamic sizes if the batch sizes change (an update's never do).
+_compiled_stacked_pass = torch.compile(_stacked_pass)

@@ -4,11 +4,12 @@ Compiling whole losses or actors meets TensorDict plumbing, Python-side checks a
 control flow (graph breaks, recompiles); the networks are pure tensor functions that every sample,
 inversion and backward pass runs through, so compiling them gives the fusion (Inductor turns
 :class:`~diffrl.modules.velocity_net.Mish`'s elementwise chain into one vectorized loop) without
-touching the rest. GenPO's flow map (:meth:`GenPOFlow.forward`, the whole N-step sampling pass of
-a collection step) is one such pure function too: compiled whole, its 2N velocity calls and the
-couplings between them become one graph, where compiling the trunk alone leaves 2N calls of
-Python dispatch per step. Batch sizes vary (a rollout step, a minibatch, the stacked inversion +
-sample), so the compiled graphs are dynamic in the batch dimension.
+touching the rest. GenPO's flow passes are such pure functions too: the N-step sampling pass of a
+collection step (:meth:`GenPOFlow.forward`) and the update's stacked inversion + sample
+(:meth:`GenPOFlow.inverse_and_forward`). Compiled whole, their 2N velocity calls and the couplings
+between them become one graph (forward and backward), where compiling the trunk alone leaves 2N
+calls of Python dispatch and autograd bookkeeping per pass. Batch sizes vary (a rollout step, a
+minibatch, the stacked inversion + sample), so the compiled graphs are dynamic in the batch dimension.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from diffrl.modules.velocity_net import VelocityNet
 def compile_networks(module: nn.Module) -> int:
     """Compile, in place, every velocity-net trunk, TorchRL ``MLP`` and GenPO flow map inside ``module``.
 
-    Returns how many modules were compiled. A :class:`GenPOFlow` is compiled as a whole (its
-    ``forward``, the sampling pass); its inversion and the update's stacked pass run eagerly through
-    the compiled trunk.
+    Returns how many modules were compiled. A :class:`GenPOFlow` counts once and is compiled as
+    whole passes: its ``forward`` (the sampling pass) and the update's stacked inversion + sample
+    (:meth:`GenPOFlow.compile_stacked_pass`); its plain ``inverse`` runs eagerly through the compiled
+    trunk.
 
     Example:
         >>> from diffrl.modules import GenPOActor, GenPOFlow, make_value_network
@@ -33,9 +35,11 @@ def compile_networks(module: nn.Module) -> int:
         >>> compile_networks(actor), compile_networks(critic)  # the trunk and the flow map; the MLP
         (2, 1)
     """
+    flows = [m for m in module.modules() if isinstance(m, GenPOFlow)]
     targets = [m.trunk for m in module.modules() if isinstance(m, VelocityNet)]
     targets += [m for m in module.modules() if isinstance(m, MLP)]
-    targets += [m for m in module.modules() if isinstance(m, GenPOFlow)]
-    for target in targets:
+    for target in [*targets, *flows]:
         target.compile(dynamic=True)
-    return len(targets)
+    for flow in flows:
+        flow.compile_stacked_pass()
+    return len(targets) + len(flows)

@@ -123,3 +123,35 @@ def test_stacked_inverse_and_forward_equal_the_separate_passes_in_float64(rows, 
     # Gradients flow through both halves, as through the separate passes.
     (base.sum() + fresh.sum()).backward()
     assert all(parameter.grad is not None for parameter in flow.velocity_net.trunk.parameters())
+
+
+def stacked_pass_and_gradients(flow: GenPOFlow, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    flow.zero_grad(set_to_none=True)
+    base, fresh = flow.inverse_and_forward(*inputs)
+    (base.pow(2).sum() + fresh.sum()).backward()
+    return [base.detach(), fresh.detach(), *(parameter.grad for parameter in flow.velocity_net.parameters())]
+
+
+@pytest.mark.slow
+def test_the_compiled_stacked_pass_computes_the_eager_one_and_a_copy_uses_its_own_weights():
+    import copy
+
+    torch.manual_seed(5)
+    flow = GenPOFlow(2, 3, num_steps=3, mix=0.9, hidden_sizes=[16, 16])
+    inputs = (torch.randn(6, 4), torch.randn(6, 3), torch.randn(4, 4), torch.randn(4, 3))
+    eager = stacked_pass_and_gradients(flow, inputs)
+    flow.compile_stacked_pass()
+    compiled = stacked_pass_and_gradients(flow, inputs)
+    for got, expected in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+    # Dynamo guards on the flow: a deep copy with other weights gets its own graph, not the original's.
+    twin = copy.deepcopy(flow)
+    with torch.no_grad():
+        twin.velocity_net.trunk[-1].weight.mul_(-2.0)
+    reference = copy.deepcopy(twin)
+    reference.stacked_pass_compiled = False
+    twin_compiled, twin_eager = stacked_pass_and_gradients(twin, inputs), stacked_pass_and_gradients(reference, inputs)
+    for got, expected in zip(twin_compiled, twin_eager, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(twin_compiled[1], compiled[1])
