@@ -7,9 +7,8 @@ when TorchRL changes them:
 - ``ClipPPOLoss._clip_bounds``, ``_has_critic`` and ``_maybe_normalize_advantage``;
 - ``Collector._carrier``: the next step's input (observation, running episode return and length),
   which a resumed run must restore;
-- ``VecNormV2``'s running statistics ``_count``, ``_loc`` and ``_var`` (E[x²]), and its
-  ``_stateful_norm``; :class:`~diffrl.envs.observation_normalizer.ObservationNormalizer` also
-  overrides its ``_norm``.
+- ``VecNormV2``'s running statistics ``_count``, ``_loc`` and ``_var`` (E[x²]), which
+  :class:`~diffrl.envs.observation_normalizer.ObservationNormalizer` updates and reads itself.
 """
 
 from __future__ import annotations
@@ -46,8 +45,3 @@ def vecnorm_statistics(normalizer: VecNormV2) -> tuple[TensorDictBase, TensorDic
     if normalizer._loc is None:
         return None
     return normalizer._count, normalizer._loc, normalizer._var
-
-
-def vecnorm_normalize(normalizer: VecNormV2, data: TensorDictBase) -> TensorDictBase:
-    """``data`` normalized with the stored statistics, which are left as they are."""
-    return normalizer._stateful_norm(data)

@@ -86,7 +86,7 @@ SQUASHED = {"trudi", "dime", "reppo"}
 
 @pytest.fixture(scope="module")
 def normalizer() -> ObservationNormalizer:
-    normalizer = ObservationNormalizer(in_keys=["observation"], decay=1.0, reduce_batch_dims=True)
+    normalizer = ObservationNormalizer.for_key("observation")
     env = TransformedEnv(make_gym_env("HalfCheetah-v5", num_envs=4, seed=0), normalizer)
     env.rollout(20, break_when_any_done=False)
     env.close()
@@ -336,7 +336,7 @@ def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
     dims = {"action_dim": ACTION_DIM, "obs_dim": OBS_DIM}
     actor_cfg = cfg.algorithm.actor
     actor = instantiate(actor_cfg, observation_key="observation", **actor_dimensions(actor_cfg, **dims))
-    normalizer = ObservationNormalizer(in_keys=["observation"], decay=1.0, reduce_batch_dims=True)
+    normalizer = ObservationNormalizer.for_key("observation")
     env = TransformedEnv(make_gym_env("HalfCheetah-v5", num_envs=2, seed=0), normalizer)
     env.rollout(5, break_when_any_done=False)
     env.close()

@@ -1,4 +1,4 @@
-"""On a CUDA device: the update and the collecting policy never synchronize the host (skipped without CUDA).
+"""On a CUDA device (skipped without): the update, the collecting policy and the normalizer never sync the host.
 
 ``torch.cuda.set_sync_debug_mode("error")`` makes every synchronizing operation (``.item()``, a
 data-dependent shape, a blocking copy to the host) raise, so these tests fail at the first sync.
@@ -82,3 +82,22 @@ def test_sampling_runs_without_a_host_sync_and_captures_in_a_cuda_graph():
         for _ in range(4):  # warm-up, capture, replays
             replayed = graphed(observation.clone())["action"]
     torch.testing.assert_close(replayed, expected)
+
+
+def test_the_observation_normalizer_updates_and_normalizes_without_a_host_sync():
+    from diffrl.envs import ObservationNormalizer
+
+    normalizer = ObservationNormalizer.for_key("observation").cuda()
+    observation = TensorDict({"observation": torch.randn(ENVS, OBS, device="cuda")}, batch_size=[ENVS], device="cuda")
+    normalizer.update(observation)
+    reset = torch.zeros(ENVS, 1, dtype=torch.bool, device="cuda")
+    reset[::5] = True
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        normalizer.update(observation, reset)  # a partial reset's rows
+        normalized = normalizer.normalize(observation)["observation"]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    count = normalizer.statistics()[0]["observation"]
+    assert int(count) == ENVS + ENVS // 5 + 1 and normalized.device.type == "cuda"
