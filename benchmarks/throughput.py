@@ -8,6 +8,9 @@ simulation per process):
   episode-statistics transforms and the collector, as ``OnPolicyTrainer`` builds them);
 - ``gaussian`` and ``genpo``: the same with the recipes' actors (the networks of
   ``recipes/config/ppo_isaaclab.yaml`` and ``genpo_isaaclab.yaml`` for that task);
+- ``gaussian_normalized``: the Gaussian with the running observation normalizer in the training
+  env (GenPO's default; the other rows run without, as the PPO recipe): its ``rest ms`` beside
+  ``gaussian``'s is the normalizer's cost per step;
 - ``genpo_compiled``: GenPO's actor with its networks compiled as the recipes' ``compile=true`` does
   (compilation falls in the burn-in);
 - ``rsl_rl_ppo_rollout``: rsl_rl's own rollout loop (its actor and critic on every step) inside its
@@ -74,9 +77,7 @@ RECIPE_OVERRIDES: dict[tuple[str, str], tuple[str, list[str]]] = {
     ),
     ("ppo", "Isaac-Ant"): ("ppo_isaaclab", ["task=ant", "algorithm.loss.entropy_coeff=0"]),
     ("genpo", "Isaac-Cartpole"): ("genpo_isaaclab", ["task=cartpole"]),
-    # Observation normalization off, as in rsl_rl's Ant reference and the PPO baseline; it is also
-    # unusable on Isaac-Ant for now: TorchRL 0.14.1's VecNormV2 turns its constant observation
-    # features into NaN (its variance E[x²] − E[x]² comes out negative by round-off, then sqrt).
+    # Observation normalization off, as in rsl_rl's Ant reference and the PPO baseline.
     ("genpo", "Isaac-Ant"): ("genpo_isaaclab", ["task=ant", "algorithm.normalize_observations=false"]),
 }
 RSL_RL_ITERATION = re.compile(r"Collection time:\s*([\d.]+)s\s*\n\s*Learning time:\s*([\d.]+)s")
@@ -203,9 +204,12 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
                 compile_networks(policies[name])
             if hasattr(policies[name], "numerics"):  # as in the trainer, which checks whole rollouts instead
                 policies[name].numerics = NumericsMonitor("off")
-        for name, policy in policies.items():
+        cases = [(name, policy, training) for name, policy in policies.items()]
+        # The Gaussian again, with the running observation normalizer (GenPO's default): its cost per step.
+        cases.insert(2, ("gaussian_normalized", policies["gaussian"], training_env(env, normalize_observations=True)))
+        for name, policy, collected_env in cases:
             collector = Collector(  # as OnPolicyTrainer builds it, on its training env
-                training,
+                collected_env,
                 policy,
                 frames_per_batch=frames_per_batch,
                 total_frames=-1,
