@@ -205,8 +205,9 @@ def collect_worker(task: str, num_envs: int, device: str, batches: int, burn_in:
             if hasattr(policies[name], "numerics"):  # as in the trainer, which checks whole rollouts instead
                 policies[name].numerics = NumericsMonitor("off")
         cases = [(name, policy, training) for name, policy in policies.items()]
-        # The Gaussian again, with the running observation normalizer (GenPO's default): its cost per step.
-        cases.insert(2, ("gaussian_normalized", policies["gaussian"], training_env(env, normalize_observations=True)))
+        # The Gaussian again, after it, with the running observation normalizer (GenPO's default): its cost per step.
+        normalized = ("gaussian_normalized", policies["gaussian"], training_env(env, normalize_observations=True))
+        cases.insert(list(policies).index("gaussian") + 1, normalized)
         for name, policy, collected_env in cases:
             collector = Collector(  # as OnPolicyTrainer builds it, on its training env
                 collected_env,

@@ -101,8 +101,8 @@ class ObservationNormalizer(VecNormV2):
             else:
                 w = weights.to(x.dtype).reshape(-1, *(1,) * running_mean.ndim)
                 added = w.sum()
-                batch_mean = (w * x).sum(0) / added.clamp_min(1)
-                batch_second = (w * x.pow(2)).sum(0) / added.clamp_min(1)
+                rows_added = added.clamp_min(1)  # no 0/0 when no row is selected
+                batch_mean, batch_second = (w * x).sum(0) / rows_added, (w * x.pow(2)).sum(0) / rows_added
             running_count = count.get(key)
             running_count.add_(added.to(running_count.dtype))
             # The new rows' share of all rows seen (0 when none were added).

@@ -9,7 +9,9 @@ collection step (:meth:`GenPOFlow.forward`) and the update's stacked inversion +
 (:meth:`GenPOFlow.inverse_and_forward`). Compiled whole, their 2N velocity calls and the couplings
 between them become one graph (forward and backward), where compiling the trunk alone leaves 2N
 calls of Python dispatch and autograd bookkeeping per pass. Batch sizes vary (a rollout step, a
-minibatch, the stacked inversion + sample), so the compiled graphs are dynamic in the batch dimension.
+minibatch, the stacked inversion + sample), so the trunks and the sampling pass are compiled dynamic in
+the batch dimension; the stacked pass is not (its floats must stay graph constants, see
+:mod:`diffrl.modules.genpo_flow`), and an update's minibatch sizes never change.
 """
 
 from __future__ import annotations
