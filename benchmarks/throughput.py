@@ -33,8 +33,9 @@ Cartpole (the one task Isaac Lab configures it for), Isaac Lab's own TorchRL PPO
 task, envs, rollout length and network sizes. The first ``--burn-in`` iterations (or collector
 batches) are excluded. All runs use diffrl's offline stand-in assets.
 
-``--variant NAME:OVERRIDES`` adds diffrl's GenPO with those Hydra overrides, e.g.
-``--variant compiled:compile=true`` (compilation falls in the burn-in).
+``--variant [ALGORITHM/]NAME:OVERRIDES`` adds diffrl's GenPO (or ``ppo/``: PPO) with those Hydra
+overrides, e.g. ``--variant compiled:compile=true`` or ``--variant ppo/compiled:compile=true``
+(compilation falls in the burn-in).
 
 Shared CPU (``--shared-cpu``): the main job (the GenPO recipe's defaults: Isaac-Cartpole, 256 envs)
 alone and beside one busy core (a process spinning in a Python loop), each with the recipes' thread
@@ -274,6 +275,16 @@ def train_worker(
 # -- the parent: workers and rsl_rl in subprocesses ------------------------------------------------
 
 
+def training_cases(variants: Sequence[str]) -> list[tuple[str, str, list[str]]]:
+    """(algorithm, variant name, worker arguments) of each diffrl training run: PPO, GenPO, then the variants."""
+    cases: list[tuple[str, str, list[str]]] = [("ppo", "", []), ("genpo", "", [])]
+    for variant in variants:  # [ALGORITHM/]NAME:OVERRIDE[,OVERRIDE...]
+        label, overrides = variant.split(":", 1)
+        algorithm, _, name = label.rpartition("/")
+        cases.append((algorithm or "genpo", name, [f"--override={override}" for override in overrides.split(",")]))
+    return cases
+
+
 def attempt(measure: Callable[[], Any], label: str) -> list[dict[str, Any]]:
     """A measurement's records, or none (reported) if it failed: one failure must not lose the others."""
     try:
@@ -484,11 +495,7 @@ def measure_round(
             )
         if args.skip_training:
             continue
-        cases = [("ppo", "", []), ("genpo", "", [])]
-        for variant in args.variant:  # NAME:OVERRIDE[,OVERRIDE...]
-            name, overrides = variant.split(":", 1)
-            cases.append(("genpo", name, [f"--override={override}" for override in overrides.split(",")]))
-        for algorithm, variant, extra in cases:
+        for algorithm, variant, extra in training_cases(args.variant):
             arguments = ["--worker", "train", "--algorithm", algorithm, "--tasks", task, *extra]
             arguments += ["--num-envs", str(args.train_envs), "--iterations", str(iterations)]
             arguments += [f"--variant-name={variant}"] if variant else []
@@ -552,8 +559,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--variant",
         action="append",
         default=[],
-        metavar="NAME:OVERRIDES",
-        help="also diffrl GenPO with these comma-separated Hydra overrides, reported as diffrl_genpo_NAME",
+        metavar="[ALGORITHM/]NAME:OVERRIDES",
+        help="also diffrl GenPO (ppo/...: PPO) with these comma-separated Hydra overrides, as diffrl_genpo_NAME",
     )
     parser.add_argument("--variant-name", default="", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=1, help="rounds of all cases, in turns (medians reported)")
@@ -561,7 +568,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker", choices=["collect", "train"], help=argparse.SUPPRESS)
     parser.add_argument("--algorithm", choices=["ppo", "genpo"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-output", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for variant in args.variant:
+        label, colon, _ = variant.partition(":")
+        if not colon or label.rpartition("/")[0] not in ("", "ppo", "genpo") or not label.rpartition("/")[2]:
+            parser.error(f"--variant {variant!r}: expected [ppo/|genpo/]NAME:OVERRIDES, e.g. ppo/compiled:compile=true")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -10,7 +10,8 @@ rewrite compiled.
 ``--policy gaussian``: diffrl's PPO (TorchRL's ``ClipPPOLoss``) at rsl_rl's Isaac-Ant sizes, 256 envs ×
 32 steps, 60 observations, 8 actions, [400, 200, 100] ELU actor and critic, 5 × 4 minibatches of
 2048 rows (``--sizes cartpole``: rsl_rl's Isaac-Cartpole sizes, 256 × 16 steps, 4 observations, 1
-action, [32, 32], minibatches of 1024 rows). Prints the median seconds of one eager update beside
+action, [32, 32], minibatches of 1024 rows). Prints the median seconds of one update, eager and
+compiled as ``compile=true`` compiles it (the MLPs, and the loss whole as one graph), beside
 rsl_rl's own on the same sizes in the same process, in turns: its ``compute_returns`` (GAE; the
 values it stored while collecting) and ``update``, what its "Learning time" counts, from a rollout
 filled through its ``act`` and ``process_env_step`` (untimed). diffrl's update also evaluates the
@@ -28,6 +29,7 @@ CPU default) against the fused step diffrl uses.
 from __future__ import annotations
 
 import argparse
+import copy
 import cProfile
 import pstats
 import statistics
@@ -139,17 +141,29 @@ def profile_gaussian_ppo(repeats: int, sizes: str) -> None:
         actor, critic, clip_epsilon=0.2, entropy_coeff=0.0, critic_coeff=1.0, clip_value=0.2, functional=False
     )
     update = PPOUpdate(loss, num_epochs=5, num_minibatches=4)
+    compiled_loss = copy.deepcopy(loss)
+    compile_networks(compiled_loss)  # as compile=true: the MLPs, and the loss whole
+    compiled_update = PPOUpdate(compiled_loss, num_epochs=5, num_minibatches=4)
     batch = rollout(actor, envs, steps, obs)
     rsl_rl_learn = rsl_rl_update(envs, steps, obs, action, hidden)
-    diffrl_samples, rsl_rl_samples = [], []
-    for round_ in range(repeats + 1):  # in turns; the first round warms both up and is dropped
+
+    def elapsed(call: Callable[[], object]) -> float:
         start = time.perf_counter()
-        update.update(batch.clone())
-        diffrl_seconds, rsl_rl_seconds = time.perf_counter() - start, rsl_rl_learn()
-        if round_:
-            diffrl_samples.append(diffrl_seconds)
-            rsl_rl_samples.append(rsl_rl_seconds)
-    eager, reference = statistics.median(diffrl_samples), statistics.median(rsl_rl_samples)
+        call()
+        return time.perf_counter() - start
+
+    cases = {
+        "eager": lambda: elapsed(lambda: update.update(batch.clone())),
+        "compiled": lambda: elapsed(lambda: compiled_update.update(batch.clone())),
+        "rsl_rl": rsl_rl_learn,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for round_ in range(repeats + 2):  # in turns; the first two rounds (compilation, warm-up) are dropped
+        for name, case in cases.items():
+            seconds = case()
+            if round_ > 1:
+                samples[name].append(seconds)
+    eager, compiled, reference = (statistics.median(samples[name]) for name in cases)
     _, stats = timed_and_profiled(update, batch, repeats=1)
     kernels = sum(value[2] for key, value in stats.stats.items() if any(name in key[2] for name in NETWORK_KERNELS))
     steps_time = sum(value[3] for key, value in stats.stats.items() if key[2] in OPTIMIZER_STEPS)
@@ -158,8 +172,9 @@ def profile_gaussian_ppo(repeats: int, sizes: str) -> None:
     rest = stats.total_tt - arithmetic
     print(f"{sizes} sizes: {minibatches} minibatches of {batch.numel() // update.num_minibatches} rows")
     print(
-        f"update s: diffrl eager {eager:.4f}, rsl_rl compute_returns + update {reference:.4f}, "
-        f"diffrl / rsl_rl {eager / reference:.2f} (medians of {repeats}, in turns)"
+        f"update s: diffrl eager {eager:.4f}, diffrl compiled {compiled:.4f}, rsl_rl compute_returns + update "
+        f"{reference:.4f}; diffrl / rsl_rl: eager {eager / reference:.2f}, compiled {compiled / reference:.2f} "
+        f"(medians of {repeats}, in turns)"
     )
     print(
         f"diffrl's eager update profile: {stats.total_tt:.3f} s, networks' arithmetic {arithmetic:.3f} s "

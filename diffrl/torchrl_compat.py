@@ -5,6 +5,8 @@ against the installed TorchRL by ``tests/test_torchrl_compat.py``, and is the on
 when TorchRL changes them:
 
 - ``ClipPPOLoss._clip_bounds``, ``_has_critic`` and ``_maybe_normalize_advantage``;
+- ``ClipPPOLoss.clip_value``, a 0-d buffer that ``loss_critic`` branches on (``if self.clip_value:``),
+  which diffrl turns into a Python float;
 - ``Collector._carrier``: the next step's input (observation, running episode return and length),
   which a resumed run must restore;
 - ``VecNormV2``'s running statistics ``_count``, ``_loc`` and ``_var`` (E[x²]), which
@@ -33,6 +35,20 @@ def ppo_has_critic(loss: ClipPPOLoss) -> bool:
 def ppo_normalized_advantage(loss: ClipPPOLoss, advantage: torch.Tensor, tensordict: TensorDictBase) -> torch.Tensor:
     """The advantage as TorchRL's PPO losses use it: standardized per minibatch if the loss asks for it."""
     return loss._maybe_normalize_advantage(advantage, tensordict, update_norm=True)
+
+
+def ppo_clip_value_as_float(loss: ClipPPOLoss) -> ClipPPOLoss:
+    """Makes the loss's value clip a Python float (or leaves ``None``); returns the loss.
+
+    TorchRL keeps ``clip_value`` as a 0-d buffer and tests it with ``if self.clip_value:`` on every
+    critic loss. On a GPU that reads the device, a host sync per minibatch; under ``torch.compile`` it
+    is a data-dependent branch that splits the graph. As a float the branch is decided in Python and
+    the clamp takes the same value. Idempotent.
+    """
+    clip_value = loss._buffers.pop("clip_value", None)
+    if clip_value is not None:
+        loss.clip_value = float(clip_value)
+    return loss
 
 
 def collector_carried_step(collector: Collector) -> TensorDictBase:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.collectors import Collector
@@ -14,6 +15,7 @@ from diffrl.modules import GaussianActor, make_value_network
 from diffrl.torchrl_compat import (
     collector_carried_step,
     ppo_clip_bounds,
+    ppo_clip_value_as_float,
     ppo_has_critic,
     ppo_normalized_advantage,
     vecnorm_statistics,
@@ -32,6 +34,36 @@ def test_ppo_accessors_match_the_loss_definition():
     advantage = torch.randn(16, 1) * 5 + 3
     normalized = ppo_normalized_advantage(loss, advantage, batch)
     torch.testing.assert_close(normalized.mean(), torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("clip_value", [0.2, None])
+def test_the_value_clip_as_a_float_gives_the_losses_and_gradients_of_the_buffer(clip_value):
+    torch.manual_seed(0)
+    actor, critic = GaussianActor(2, 3, [8]), make_value_network(3, [8])
+    reference = ClipPPOLoss(actor, critic, clip_value=clip_value, functional=False)
+    converted = ClipPPOLoss(actor, critic, clip_value=clip_value, functional=False)
+    converted = ppo_clip_value_as_float(ppo_clip_value_as_float(converted))  # twice: idempotent
+    assert converted.clip_value == (None if clip_value is None else pytest.approx(clip_value))
+    assert clip_value is None or type(converted.clip_value) is float
+    with torch.no_grad():
+        batch = actor(TensorDict({"observation": torch.randn(64, 3)}, batch_size=[64]))
+        # Old values around the critic's, so that some rows are clipped and others not.
+        batch["state_value"] = critic(batch.clone())["state_value"] + 0.3 * torch.randn(64, 1)
+    batch["advantage"], batch["value_target"] = torch.randn(64, 1), torch.randn(64, 1)
+    outputs = []
+    for loss in (reference, converted):
+        out = loss(batch.clone())
+        parameters = list(actor.parameters()) + list(critic.parameters())
+        gradients = torch.autograd.grad(out["loss_objective"] + out["loss_critic"], parameters)
+        outputs.append((out.detach(), gradients))
+    (expected, expected_gradients), (got, got_gradients) = outputs
+    if clip_value is not None:
+        assert 0 < float(expected["value_clip_fraction"]) < 1
+    assert sorted(got.keys()) == sorted(expected.keys())
+    for key in expected.keys():
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+    for got_gradient, expected_gradient in zip(got_gradients, expected_gradients, strict=True):
+        torch.testing.assert_close(got_gradient, expected_gradient, rtol=0, atol=0)
 
 
 def test_carried_step_is_the_next_rollout_input():

@@ -17,6 +17,7 @@ from torchrl.objectives.value import GAE
 
 from diffrl.numerics import NumericsMonitor
 from diffrl.objectives.pathwise import PathwiseTrustRegionLoss
+from diffrl.torchrl_compat import ppo_clip_value_as_float
 from diffrl.training import distributed as parallel
 from diffrl.training.actor_average import ActorAverage
 from diffrl.training.distributed import DistributedContext
@@ -87,9 +88,10 @@ class PPOUpdate(UpdateRule):
     over ranks). With ``ema_decay > 0`` an :class:`~diffrl.training.actor_average.ActorAverage` of the
     actor is stepped after each iteration and becomes :attr:`deployed_actor` once warm (FPO++'s EMA).
 
-    Nothing in :meth:`update` reads a tensor on the host: the metrics come back as 0-d tensors, and
-    the numerical checks of the loss and actor are deferred to :attr:`numerics`, which the loop
-    inspects once per iteration.
+    Nothing in :meth:`update` reads a tensor on the host: the metrics come back as 0-d tensors, the
+    numerical checks of the loss and actor are deferred to :attr:`numerics`, which the loop inspects
+    once per iteration, and the loss's value clip becomes a Python float
+    (:func:`~diffrl.torchrl_compat.ppo_clip_value_as_float`: TorchRL branches on its buffer).
 
     Reference: PPO, Schulman et al., arXiv 1707.06347; GAE, arXiv 1506.02438; the adaptive rate and
     schedule of rsl_rl (Rudin et al., arXiv 2109.11978) as GenPO (arXiv 2505.18763) uses them.
@@ -155,7 +157,7 @@ class PPOUpdate(UpdateRule):
                 f"{type(loss_module).__name__} reports no kl_approx for the KL-adaptive learning rate: set "
                 "trainer.adaptive_lr=false"
             )
-        self.loss_module = loss_module
+        self.loss_module = ppo_clip_value_as_float(loss_module)
         self.actor = loss_module.actor_network
         self.critic = loss_module.critic_network
         self.num_epochs, self.num_minibatches = num_epochs, num_minibatches

@@ -68,3 +68,20 @@ def test_the_split_and_the_share_of_the_simulator(throughput):
     assert rows["gaussian"] == ["500", "0.50", "0.75", "15.00", "3.00", "2.00", "0.40"]
     assert rows["isaaclab_step"][1:3] == ["1.00", "1.00"]
     assert rows["rsl_rl_ppo_rollout"] == ["900", "0.90", "n/a", "n/a", "n/a", "n/a", "n/a"]
+
+
+@pytest.mark.parametrize("variant", ["compiled", "sac/compiled:compile=true", "ppo/:compile=true"])
+def test_a_variant_without_overrides_a_name_or_a_known_algorithm_is_refused(throughput, variant, capsys):
+    with pytest.raises(SystemExit):
+        throughput.parse_args(["--variant", variant])
+    assert "expected [ppo/|genpo/]NAME:OVERRIDES" in capsys.readouterr().err
+
+
+def test_variants_name_their_algorithm_or_default_to_genpo(throughput):
+    args = throughput.parse_args(["--variant", "compiled:compile=true", "--variant", "ppo/fast:compile=true,seed=2"])
+    assert throughput.training_cases(args.variant) == [
+        ("ppo", "", []),
+        ("genpo", "", []),
+        ("genpo", "compiled", ["--override=compile=true"]),
+        ("ppo", "fast", ["--override=compile=true", "--override=seed=2"]),
+    ]

@@ -9,9 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 from tensordict import TensorDict
+from tensordict.nn import TensorDictModuleBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.objectives import ClipPPOLoss
 
-from diffrl.modules import GenPOActor, GenPOFlow, make_value_network
+from diffrl.modules import GaussianActor, GenPOActor, GenPOFlow, make_value_network
 from diffrl.objectives import GenPOLoss
 from diffrl.training import PPOUpdate
 
@@ -22,7 +24,7 @@ pytestmark = [
 ENVS, STEPS, OBS, ACT = 64, 8, 11, 3
 
 
-def rollout(actor: GenPOActor) -> TensorDict:
+def rollout(actor: TensorDictModuleBase) -> TensorDict:
     """A [envs, steps] batch with the keys GAE and the loss read, sampled by ``actor`` on the GPU."""
     device = torch.device("cuda")
     observation = torch.randn(ENVS, STEPS + 1, OBS, device=device)
@@ -44,11 +46,23 @@ def rollout(actor: GenPOActor) -> TensorDict:
     return batch
 
 
-def test_ppo_update_runs_without_a_host_sync():
-    torch.manual_seed(0)
+def genpo_loss() -> GenPOLoss:
     actor = GenPOActor(GenPOFlow(ACT, OBS, hidden_sizes=[32, 32])).cuda()
-    critic = make_value_network(OBS, [32]).cuda()
-    update = PPOUpdate(GenPOLoss(actor, critic), num_epochs=2, num_minibatches=4)
+    return GenPOLoss(actor, make_value_network(OBS, [32]).cuda())
+
+
+def clip_ppo_loss() -> ClipPPOLoss:
+    """The PPO recipe's loss; TorchRL's branch on its value-clip buffer would sync unless PPOUpdate floats it."""
+    actor = GaussianActor(ACT, OBS, [32, 32]).cuda()
+    return ClipPPOLoss(actor, make_value_network(OBS, [32]).cuda(), clip_value=0.2, functional=False)
+
+
+@pytest.mark.parametrize("make_loss", [genpo_loss, clip_ppo_loss])
+def test_ppo_update_runs_without_a_host_sync(make_loss):
+    torch.manual_seed(0)
+    loss = make_loss()
+    actor = loss.actor_network
+    update = PPOUpdate(loss, num_epochs=2, num_minibatches=4)
     assert update.optimizer.defaults["capturable"]
     batch = rollout(actor)
     update.update(batch.clone())  # warm-up: cuBLAS handles, allocator
