@@ -468,8 +468,8 @@ def training_table(records: Sequence[dict[str, Any]]) -> str:
                 r["name"],
                 f"{r['frames_per_s']:.0f}",
                 f"{r['frames_per_s'] / ratio:.2f}" if ratio else "n/a",
-                f"{r['collection_s_per_iteration']:.2f}",
-                f"{r['update_s_per_iteration']:.2f}",
+                f"{r['collection_s_per_iteration']:.3f}",
+                f"{r['update_s_per_iteration']:.3f}",
             )
         )
     return format_table(rows, ("task", "envs", "trainer", "frames/s", "× rsl_rl", "collect s/iter", "update s/iter"))
@@ -614,9 +614,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             record["repeat"] = repeat
         collection += round_collection
         training += round_training
-        if args.repeats > 1 and round_collection:  # each round's split, which the medians below do not keep
-            print(f"collection, round {repeat + 1} of {args.repeats}:", flush=True)
-            print(collection_table(round_collection), flush=True)
+        if args.repeats > 1:  # each round's own figures, which the medians below do not keep
+            for name, records, table in (
+                ("collection", round_collection, collection_table),
+                ("training", round_training, training_table),
+            ):
+                if records:
+                    print(f"{name}, round {repeat + 1} of {args.repeats}:", flush=True)
+                    print(table(records), flush=True)
     collection, training = median_records(collection), median_records(training)
     if collection:
         print(collection_table(collection))
