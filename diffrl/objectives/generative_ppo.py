@@ -8,7 +8,7 @@ from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from torchrl.objectives import ClipPPOLoss
 
 from diffrl.numerics import NumericsMonitor
-from diffrl.torchrl_compat import ppo_has_critic, ppo_normalized_advantage
+from diffrl.torchrl_compat import ppo_clip_value_as_float, ppo_has_critic, ppo_normalized_advantage
 
 
 class GenerativePPOLoss(ClipPPOLoss):
@@ -28,7 +28,8 @@ class GenerativePPOLoss(ClipPPOLoss):
         critic_network: a value module writing ``"state_value"`` [*B, 1] (``None``: no critic loss).
         clip_epsilon: PPO's ratio clip.
         critic_coeff: value-loss weight.
-        clip_value: value clip around the rollout's value (``None`` disables).
+        clip_value: value clip around the rollout's value (``None`` disables); kept as a Python
+            float (:func:`~diffrl.torchrl_compat.ppo_clip_value_as_float`).
         loss_critic_type: ``"l2"``, ``"l1"`` or ``"smooth_l1"``.
         entropy_coeff: the entropy bonus weight c_H.
         normalize_advantage: standardize advantages per minibatch (the trainer normalizes over the
@@ -61,7 +62,9 @@ class GenerativePPOLoss(ClipPPOLoss):
             normalize_advantage=normalize_advantage,
             functional=False,
         )
-        self.has_entropy_term = entropy_coeff > 0  # a Python bool: reading the buffer would sync the host
+        # Python values: reading TorchRL's buffers in a branch would sync the host.
+        self.has_entropy_term = entropy_coeff > 0
+        ppo_clip_value_as_float(self)
         self.numerics = NumericsMonitor()
 
     def _policy_out_keys(self) -> list[str]:
