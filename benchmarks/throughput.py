@@ -275,14 +275,18 @@ def train_worker(
 # -- the parent: workers and rsl_rl in subprocesses ------------------------------------------------
 
 
+def parse_variant(variant: str) -> tuple[str, str, list[str]]:
+    """``[ALGORITHM/]NAME:OVERRIDE[,OVERRIDE...]`` as (algorithm, name, worker arguments); GenPO by default."""
+    label, colon, overrides = variant.partition(":")
+    algorithm, _, name = label.rpartition("/")
+    if not colon or not name or algorithm not in ("", "ppo", "genpo"):
+        raise ValueError(f"--variant {variant!r}: expected [ppo/|genpo/]NAME:OVERRIDES, e.g. ppo/compiled:compile=true")
+    return algorithm or "genpo", name, [f"--override={override}" for override in overrides.split(",")]
+
+
 def training_cases(variants: Sequence[str]) -> list[tuple[str, str, list[str]]]:
     """(algorithm, variant name, worker arguments) of each diffrl training run: PPO, GenPO, then the variants."""
-    cases: list[tuple[str, str, list[str]]] = [("ppo", "", []), ("genpo", "", [])]
-    for variant in variants:  # [ALGORITHM/]NAME:OVERRIDE[,OVERRIDE...]
-        label, overrides = variant.split(":", 1)
-        algorithm, _, name = label.rpartition("/")
-        cases.append((algorithm or "genpo", name, [f"--override={override}" for override in overrides.split(",")]))
-    return cases
+    return [("ppo", "", []), ("genpo", "", []), *(parse_variant(variant) for variant in variants)]
 
 
 def attempt(measure: Callable[[], Any], label: str) -> list[dict[str, Any]]:
@@ -560,7 +564,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="[ALGORITHM/]NAME:OVERRIDES",
-        help="also diffrl GenPO (ppo/...: PPO) with these comma-separated Hydra overrides, as diffrl_genpo_NAME",
+        help="also diffrl GenPO (ppo/...: PPO) with these comma-separated Hydra overrides, as diffrl_<algorithm>_NAME",
     )
     parser.add_argument("--variant-name", default="", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=1, help="rounds of all cases, in turns (medians reported)")
@@ -570,9 +574,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker-output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for variant in args.variant:
-        label, colon, _ = variant.partition(":")
-        if not colon or label.rpartition("/")[0] not in ("", "ppo", "genpo") or not label.rpartition("/")[2]:
-            parser.error(f"--variant {variant!r}: expected [ppo/|genpo/]NAME:OVERRIDES, e.g. ppo/compiled:compile=true")
+        try:
+            parse_variant(variant)
+        except ValueError as error:
+            parser.error(str(error))
     return args
 
 
