@@ -286,6 +286,6 @@ def _stacked_pass(
 # instance (a deep copy too) gets a graph of its own weights. The flow's floats (mix, 1/N) stay
 # constants of the graph (specialize_float): traced as symbols, as Dynamo does once a second flow with
 # another mix comes along, they become add's alpha through a tensor-to-scalar read that Inductor
-# (torch 2.11) cannot lower. Not dynamic=True, for the same reason; the default recompiles once with dynamic sizes
-# if the batch sizes change (an update's never do).
+# (torch 2.11) cannot lower. Not dynamic=True, for the same reason; the default recompiles once with
+# dynamic sizes if the batch sizes change (an update's never do).
 _compiled_stacked_pass = torch._dynamo.config.patch(specialize_float=True)(torch.compile(_stacked_pass))
