@@ -8,6 +8,10 @@ makes it; TruDi: one ``VelocityNet.velocity`` call with the observation features
 next to the number of network passes the method needs, so that any overhead beyond the network
 evaluations shows as ratio / passes > 1:
 
+- ``linear_layers``: the pass's matrix products alone, its ``nn.Linear`` layers applied in turn
+  to inputs of their sizes with no activation: the floor under a pass on this device, so that
+  ``ratio`` < 1 is the share of a pass that is matrix products, and 2N of them bound GenPO's
+  sampling from below however well the rest is fused.
 - ``sample``: the actor's forward (no gradient), as during collection. GenPO: 2N passes; TruDi: K.
 - ``log_prob``: ``actor.get_dist(td).log_prob(stored sample)`` (no gradient). GenPO: 2N passes (one
   inversion undoes both couplings of every step); TruDi: K passes' worth of rows in one batched call.
@@ -18,7 +22,7 @@ evaluations shows as ratio / passes > 1:
 
 ``--modes`` also times ``sample`` and ``log_prob`` through ``torch.compile`` (``compile``) and
 ``sample`` through a captured CUDA graph (tensordict's ``CudaGraphModule``, ``cudagraphs``, CUDA
-only); ``network`` stays the eager pass in every mode, so the ratios compare against one unit.
+only); ``network`` and ``linear_layers`` stay eager in every mode, so the ratios compare against one unit.
 
 Medians over repeats, warm-up excluded; the cases of one (policy, batch) are timed in turns so
 that their ratios hold under a varying machine load. Examples::
@@ -53,7 +57,7 @@ logger = logging.getLogger("benchmarks.policy_cost")
 
 FULL_SIZES = (256, 1024, 4096, 16384)
 QUICK_SIZES = (256, 4096)
-OPERATIONS = ("network", "sample", "log_prob", "loss_backward")
+OPERATIONS = ("network", "linear_layers", "sample", "log_prob", "loss_backward")
 
 
 @dataclass
@@ -61,6 +65,7 @@ class PolicyCase:
     """One policy's callables at one batch size and the network passes each operation needs."""
 
     network: Callable[[], object]
+    linear_layers: Callable[[], object]
     actor: nn.Module
     sample_key: str
     passes: dict[str, int]
@@ -75,11 +80,23 @@ def _observations(batch: int, obs_dim: int, device: torch.device) -> TensorDict:
     return TensorDict({"observation": torch.randn(batch, obs_dim, device=device)}, batch_size=[batch], device=device)
 
 
+def _linear_layers(layers: Sequence[nn.Linear], rows: int, device: torch.device) -> Callable[[], object]:
+    """A network pass's matrix products alone: each layer applied to an input of its size, no activations."""
+    inputs = [torch.randn(rows, layer.in_features, device=device) for layer in layers]
+    return lambda: [layer(x) for layer, x in zip(layers, inputs, strict=True)]
+
+
+def _linears(module: nn.Module) -> list[nn.Linear]:
+    return [layer for layer in module.modules() if isinstance(layer, nn.Linear)]
+
+
 def gaussian_case(obs: torch.Tensor, action_dim: int, hidden_sizes: Sequence[int], **_: Any) -> PolicyCase:
     actor = GaussianActor(action_dim, obs.shape[-1], hidden_sizes).to(obs.device)
     mean = next(module for module in actor.modules() if isinstance(module, MLP))
     loss = ClipPPOLoss(actor, None, critic_coeff=None, entropy_coeff=0.005)
-    return PolicyCase(lambda: mean(obs), actor, "action", {"sample": 1, "log_prob": 1, "loss_backward": 1}, loss)
+    passes = {"sample": 1, "log_prob": 1, "loss_backward": 1}
+    linear_layers = _linear_layers(_linears(mean), obs.shape[0], obs.device)
+    return PolicyCase(lambda: mean(obs), linear_layers, actor, "action", passes, loss)
 
 
 def genpo_case(obs: torch.Tensor, action_dim: int, hidden_sizes: Sequence[int], num_steps: int) -> PolicyCase:
@@ -92,7 +109,12 @@ def genpo_case(obs: torch.Tensor, action_dim: int, hidden_sizes: Sequence[int], 
     # Both the forward map and its inverse evaluate the net twice per step (one coupling per half).
     passes = {"sample": 2 * num_steps, "log_prob": 2 * num_steps, "loss_backward": 4 * num_steps}
     loss = GenPOLoss(actor, None)
-    return PolicyCase(lambda: net.velocity_in_context(half, context), actor, "latent_action", passes, loss)
+    linear_layers = _linear_layers([net.half_in, *_linears(net.trunk)], obs.shape[0], obs.device)
+
+    def network() -> torch.Tensor:
+        return net.velocity_in_context(half, context)
+
+    return PolicyCase(network, linear_layers, actor, "latent_action", passes, loss)
 
 
 def trudi_case(obs: torch.Tensor, action_dim: int, hidden_sizes: Sequence[int], num_steps: int) -> PolicyCase:
@@ -107,7 +129,9 @@ def trudi_case(obs: torch.Tensor, action_dim: int, hidden_sizes: Sequence[int], 
     x = torch.randn(*obs.shape[:-1], action_dim, device=obs.device)
     t = torch.tensor(0.5, device=obs.device)
     passes = {"sample": num_steps, "log_prob": num_steps}
-    return PolicyCase(lambda: net.velocity(x, features, t), actor, "denoising_chain", passes, None)
+    # The time embedding runs on the one scalar t, not on the batch: only the batch's layers count.
+    linear_layers = _linear_layers([net.half_in, *_linears(net.trunk)], obs.shape[0], obs.device)
+    return PolicyCase(lambda: net.velocity(x, features, t), linear_layers, actor, "denoising_chain", passes, None)
 
 
 BUILDERS: dict[str, Callable[..., PolicyCase]] = {
@@ -165,13 +189,14 @@ def measure(
         sampler = CudaGraphModule(case.actor, warmup=3)
     calls: dict[str, Callable[[], object]] = {
         "network": no_grad(case.network),
+        "linear_layers": no_grad(case.linear_layers),
         "sample": no_grad(lambda: sampler(td.clone())),
         "log_prob": no_grad(lambda: log_prob(stored)),
     }
     if case.loss is not None and mode == "eager":
         calls["loss_backward"] = lambda: _loss_step(case.loss, stored)
     seconds = median_seconds(calls, device, repeats=repeats)
-    passes = {"network": 1, **case.passes}
+    passes = {"network": 1, "linear_layers": 1, **case.passes}
     return [
         {
             "policy": policy,

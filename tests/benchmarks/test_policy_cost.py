@@ -29,8 +29,9 @@ def test_quick_json_has_the_documented_records(tmp_path):
         assert record["batch"] == 8 and record["device"] == "cpu"
     cases = {(record["policy"], record["operation"]): record for record in records}
     for policy in ("gaussian", "genpo"):
-        for operation in ("network", "sample", "log_prob", "loss_backward"):
+        for operation in ("network", "linear_layers", "sample", "log_prob", "loss_backward"):
             assert (policy, operation) in cases
         assert cases[(policy, "network")]["ratio"] == 1.0
+        assert cases[(policy, "linear_layers")]["passes"] == 1
     # GenPO's network-pass counts for N = 2: sampling 2N, one inversion 2N, the loss 4N.
     assert [cases[("genpo", op)]["passes"] for op in ("sample", "log_prob", "loss_backward")] == [4, 4, 8]
