@@ -31,8 +31,9 @@ class Mish(nn.Module):
     a few elementwise operations that autograd differentiates and Inductor fuses. One thread, a
     [256, 400] tensor (a GenPO layer at Ant sizes, 256 envs): forward 0.39–0.40 ms for torch's kernel
     against 0.13–0.16 ms for this, forward + backward 0.91–0.92 ms against 0.46–0.51 ms eager and
-    0.36–0.37 ms compiled (``python benchmarks/update_profile.py --threads 1`` prints these). Values and gradients agree
-    with ``torch.nn.functional.mish`` to round-off (``tests/modules/test_velocity_net.py``).
+    0.36–0.37 ms compiled (``python benchmarks/update_profile.py --threads 1`` prints these).
+    Values and gradients agree with ``torch.nn.functional.mish`` to round-off
+    (``tests/modules/test_velocity_net.py``).
 
     Example:
         >>> x = torch.linspace(-30, 30, 7, dtype=torch.float64)
