@@ -33,6 +33,10 @@ Cartpole (the one task Isaac Lab configures it for), Isaac Lab's own TorchRL PPO
 task, envs, rollout length and network sizes. The first ``--burn-in`` iterations (or collector
 batches) are excluded. All runs use diffrl's offline stand-in assets.
 
+With ``--repeats`` above 1 every case runs once per round, in turns, and the last tables give per
+case the median rate and, for ``× isaaclab_step`` and ``× rsl_rl``, the median of the rounds' own
+ratios (each against its reference in the same round), then those ratios.
+
 ``--variant [ALGORITHM/]NAME:OVERRIDES`` adds diffrl's GenPO (or ``ppo/``: PPO) with those Hydra
 overrides, e.g. ``--variant compiled:compile=true`` or ``--variant ppo/compiled:compile=true``
 (compilation falls in the burn-in).
@@ -448,7 +452,7 @@ def collection_table(records: Sequence[dict[str, Any]]) -> str:
                 r["num_envs"],
                 r["name"],
                 f"{r['frames_per_s']:.0f}",
-                f"{r['frames_per_s'] / raw[(r['task'], r['num_envs'])]:.2f}",
+                ratio_cell(r, raw.get((r["task"], r["num_envs"]))),
                 milliseconds(own),
                 milliseconds(simulator),
                 milliseconds(policy),
@@ -464,14 +468,13 @@ def training_table(records: Sequence[dict[str, Any]]) -> str:
     reference = {(r["task"], r["num_envs"]): r["frames_per_s"] for r in records if r["name"] == "rsl_rl_ppo"}
     rows = []
     for r in records:
-        ratio = reference.get((r["task"], r["num_envs"]))
         rows.append(
             (
                 r["task"],
                 r["num_envs"],
                 r["name"],
                 f"{r['frames_per_s']:.0f}",
-                f"{r['frames_per_s'] / ratio:.2f}" if ratio else "n/a",
+                ratio_cell(r, reference.get((r["task"], r["num_envs"]))),
                 f"{r['collection_s_per_iteration']:.3f}",
                 f"{r['update_s_per_iteration']:.3f}",
             )
@@ -531,8 +534,21 @@ def measure_round(
     return collection, training
 
 
+def add_round_ratios(records: Sequence[dict[str, Any]], reference: str) -> None:
+    """Set each record's ``ratio``: its rate over the ``reference`` case's in the same round, task and env count.
+
+    The issue's targets are these side-by-side ratios; a case without its reference in that round gets none.
+    """
+    rates = {(r["task"], r["num_envs"], r.get("repeat")): r["frames_per_s"] for r in records if r["name"] == reference}
+    for record in records:
+        reference_rate = rates.get((record["task"], record["num_envs"], record.get("repeat")))
+        if reference_rate:
+            record["ratio"] = record["frames_per_s"] / reference_rate
+
+
 def median_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per case (measurement, task, envs, name): the median rate over repeats, samples kept."""
+    """One record per case (measurement, task, envs, name): the median rate and the median of the rounds'
+    ratios (not the ratio of the medians) over repeats, samples kept."""
     cases: dict[tuple, list[dict[str, Any]]] = {}
     for record in records:
         cases.setdefault((record["measurement"], record["task"], record["num_envs"], record["name"]), []).append(record)
@@ -540,8 +556,24 @@ def median_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for group in cases.values():
         rates = [record["frames_per_s"] for record in group]
         middle = sorted(group, key=lambda record: record["frames_per_s"])[len(group) // 2]
-        merged.append({**middle, "frames_per_s": statistics.median(rates), "frames_per_s_samples": rates})
+        median = {**middle, "frames_per_s": statistics.median(rates), "frames_per_s_samples": rates}
+        ratios = [record["ratio"] for record in group if "ratio" in record]
+        if ratios:
+            median.update(ratio=statistics.median(ratios), ratio_samples=ratios)
+        merged.append(median)
     return merged
+
+
+def ratio_cell(record: dict[str, Any], reference_rate: float | None) -> str:
+    """The record's ratio to its reference, with each round's after the median when there were several."""
+    ratio = record.get("ratio")
+    if ratio is None:
+        if not reference_rate:
+            return "n/a"
+        ratio = record["frames_per_s"] / reference_rate
+    samples = record.get("ratio_samples", [])
+    rounds = f" ({', '.join(f'{sample:.2f}' for sample in samples)})" if len(samples) > 1 else ""
+    return f"{ratio:.2f}{rounds}"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -617,6 +649,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         round_collection, round_training = measure_round(args, tasks, num_envs, batches, iterations, common)
         for record in round_collection + round_training:
             record["repeat"] = repeat
+        add_round_ratios(round_collection, "isaaclab_step")
+        add_round_ratios(round_training, "rsl_rl_ppo")
         collection += round_collection
         training += round_training
         if args.repeats > 1:  # each round's own figures, which the medians below do not keep

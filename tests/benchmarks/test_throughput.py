@@ -85,3 +85,32 @@ def test_variants_name_their_algorithm_or_default_to_genpo(throughput):
         ("genpo", "compiled", ["--override=compile=true"]),
         ("ppo", "fast", ["--override=compile=true", "--override=seed=2"]),
     ]
+
+
+def test_the_ratio_is_the_median_of_the_rounds_own_ratios(throughput):
+    # Two rounds: rsl_rl 100 then 200 frames/s, diffrl 110 then 180; the rounds' ratios are 1.1 and 0.9.
+    def record(name: str, frames_per_s: float, repeat: int) -> dict:
+        return {
+            "measurement": "training",
+            "task": "Isaac-Cartpole",
+            "num_envs": 256,
+            "name": name,
+            "frames_per_s": frames_per_s,
+            "repeat": repeat,
+            "collection_s_per_iteration": 0.2,
+            "update_s_per_iteration": 0.05,
+        }
+
+    rounds = [[record("rsl_rl_ppo", 100.0, 0), record("diffrl_ppo", 110.0, 0), record("diffrl_genpo", 40.0, 0)]]
+    rounds.append([record("rsl_rl_ppo", 200.0, 1), record("diffrl_ppo", 180.0, 1)])  # GenPO failed in round 2
+    for records in rounds:
+        throughput.add_round_ratios(records, "rsl_rl_ppo")
+    merged = {r["name"]: r for r in throughput.median_records(rounds[0] + rounds[1])}
+    assert merged["diffrl_ppo"]["ratio_samples"] == pytest.approx([1.1, 0.9])
+    assert merged["diffrl_ppo"]["ratio"] == pytest.approx(1.0)  # not 145 / 150, the ratio of the median rates
+    assert merged["diffrl_genpo"]["ratio_samples"] == pytest.approx([0.4])
+    table = throughput.training_table(list(merged.values()))
+    rows = {line.split("|")[3].strip(): [cell.strip() for cell in line.split("|")[4:-1]] for line in table.splitlines()}
+    assert rows["diffrl_ppo"][:2] == ["145", "1.00 (1.10, 0.90)"]
+    assert rows["diffrl_genpo"][:2] == ["40", "0.40"]
+    assert rows["rsl_rl_ppo"][:2] == ["150", "1.00 (1.00, 1.00)"]
