@@ -221,6 +221,8 @@ def main() -> None:
     compiled, compiled_stats = timed_and_profiled(update, batch, args.repeats, warmup=2)
     # Compiled, forward and backward run as Inductor graphs that call these for their matrix products.
     products = sum(value[2] for key, value in compiled_stats.stats.items() if key[2] in COMPILED_MATRIX_PRODUCTS)
+    if not products:  # rather than print a silent 0 % if Inductor's calls change name
+        raise RuntimeError(f"none of {COMPILED_MATRIX_PRODUCTS} in the compiled update's profile")
     print(f"update s: eager {eager:.3f}, networks compiled {compiled:.3f}")
     print(f"eager update profile: {stats.total_tt:.3f} s, mish forward {mish:.3f} s ({mish / stats.total_tt:.0%})")
     print(
