@@ -441,7 +441,6 @@ def collection_table(records: Sequence[dict[str, Any]]) -> str:
     def milliseconds(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
-    raw = {(r["task"], r["num_envs"]): r["frames_per_s"] for r in records if r["name"] == "isaaclab_step"}
     rows = []
     for r in records:
         simulator, policy, rest = (r.get(key) for key in ("simulator_ms", "policy_ms", "rest_ms"))
@@ -452,7 +451,7 @@ def collection_table(records: Sequence[dict[str, Any]]) -> str:
                 r["num_envs"],
                 r["name"],
                 f"{r['frames_per_s']:.0f}",
-                ratio_cell(r, raw.get((r["task"], r["num_envs"]))),
+                ratio_cell(r),
                 milliseconds(own),
                 milliseconds(simulator),
                 milliseconds(policy),
@@ -465,7 +464,6 @@ def collection_table(records: Sequence[dict[str, Any]]) -> str:
 
 
 def training_table(records: Sequence[dict[str, Any]]) -> str:
-    reference = {(r["task"], r["num_envs"]): r["frames_per_s"] for r in records if r["name"] == "rsl_rl_ppo"}
     rows = []
     for r in records:
         rows.append(
@@ -474,7 +472,7 @@ def training_table(records: Sequence[dict[str, Any]]) -> str:
                 r["num_envs"],
                 r["name"],
                 f"{r['frames_per_s']:.0f}",
-                ratio_cell(r, reference.get((r["task"], r["num_envs"]))),
+                ratio_cell(r),
                 f"{r['collection_s_per_iteration']:.3f}",
                 f"{r['update_s_per_iteration']:.3f}",
             )
@@ -564,16 +562,13 @@ def median_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return merged
 
 
-def ratio_cell(record: dict[str, Any], reference_rate: float | None) -> str:
-    """The record's ratio to its reference, with each round's after the median when there were several."""
-    ratio = record.get("ratio")
-    if ratio is None:
-        if not reference_rate:
-            return "n/a"
-        ratio = record["frames_per_s"] / reference_rate
+def ratio_cell(record: dict[str, Any]) -> str:
+    """The record's ratio (:func:`add_round_ratios`), with each round's after the median when there were several."""
+    if "ratio" not in record:
+        return "n/a"
     samples = record.get("ratio_samples", [])
     rounds = f" ({', '.join(f'{sample:.2f}' for sample in samples)})" if len(samples) > 1 else ""
-    return f"{ratio:.2f}{rounds}"
+    return f"{record['ratio']:.2f}{rounds}"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

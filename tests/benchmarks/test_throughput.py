@@ -56,13 +56,13 @@ def test_the_split_and_the_share_of_the_simulator(throughput):
     def record(name: str, frames_per_s: float, split: dict) -> dict:
         return {"task": "Isaac-Cartpole", "num_envs": 256, "name": name, "frames_per_s": frames_per_s, **split}
 
-    table = throughput.collection_table(
-        [
-            record("isaaclab_step", 1000.0, throughput._split(10, 0.1, 0.1, 0.0, 0.2, "cpu")),
-            record("gaussian", 500.0, split),
-            {"task": "Isaac-Cartpole", "num_envs": 256, "name": "rsl_rl_ppo_rollout", "frames_per_s": 900.0},
-        ]
-    )
+    records = [
+        record("isaaclab_step", 1000.0, throughput._split(10, 0.1, 0.1, 0.0, 0.2, "cpu")),
+        record("gaussian", 500.0, split),
+        {"task": "Isaac-Cartpole", "num_envs": 256, "name": "rsl_rl_ppo_rollout", "frames_per_s": 900.0},
+    ]
+    throughput.add_round_ratios(records, "isaaclab_step")
+    table = throughput.collection_table(records)
     rows = {line.split("|")[3].strip(): [cell.strip() for cell in line.split("|")[4:-1]] for line in table.splitlines()}
     # frames/s, × isaaclab_step, × its env.step (15 of 20 ms), env.step, policy and rest ms, steps with a reset
     assert rows["gaussian"] == ["500", "0.50", "0.75", "15.00", "3.00", "2.00", "0.40"]
