@@ -188,6 +188,11 @@ class DenoisingChain(nn.Module):
         obs_features = self.net.encode_observation(observation)
         stds = self.stds(observation)
         if noise is not None:
+            if noise.shape[-2:] != (self.num_steps + 1, self.action_dim):
+                raise ValueError(
+                    f"noise must be [*B, K+1, d] = [*B, {self.num_steps + 1}, {self.action_dim}] (x_K, then one draw "
+                    f"per step), got {list(noise.shape)}"
+                )
             x, noise = noise[..., 0, :], noise[..., 1:, :].movedim(-2, 0)
         elif deterministic:
             x = observation.new_zeros(shape)

@@ -6,7 +6,6 @@ E the step-embedding size, H the hidden width.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -16,8 +15,9 @@ from diffrl.modules.velocity_net import Activation, make_activation
 
 
 class FourierStepEmbedding(nn.Module):
-    """emb(k) = MLP([sin(ω·k + φ), cos(ω·k + φ)]) of the integer SDE step k, ω log-spaced in [0.1, 100].
+    """emb(k) = MLP([sin(ω·k + φ), cos(ω·k + φ)]) of the integer SDE step k, ω evenly spaced in [0.1, 100].
 
+    The spacing is the authors' (linear, as in the TruDi reference's control net): ω_i = 0.1 + i·99.9/(F − 1).
     The phases φ are learned and start at 0; the two-layer MLP maps the 2F features to E.
 
     Args:
@@ -28,7 +28,7 @@ class FourierStepEmbedding(nn.Module):
 
     def __init__(self, dim: int = 16, num_frequencies: int = 32, activation: Activation = "gelu") -> None:
         super().__init__()
-        self.register_buffer("frequencies", torch.logspace(math.log10(0.1), 2.0, num_frequencies))
+        self.register_buffer("frequencies", torch.linspace(0.1, 100.0, num_frequencies))
         self.phase = nn.Parameter(torch.zeros(num_frequencies))
         hidden = num_frequencies
         self.mlp = nn.Sequential(

@@ -11,12 +11,11 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 
-from diffrl.numerics import NumericsMonitor
 from diffrl.objectives.pathwise import PathwiseTrustRegionLoss
 from diffrl.training import distributed as parallel
 from diffrl.training.distributed import DistributedContext
 from diffrl.training.return_normalizer import DiscountedReturnNormalizer
-from diffrl.training.update_rule import UpdateRule, adam
+from diffrl.training.update_rule import UpdateRule, adam, share_deferred_numerics
 
 
 class PathwiseUpdate(UpdateRule):
@@ -100,8 +99,7 @@ class PathwiseUpdate(UpdateRule):
         self.reward_normalizer = (
             DiscountedReturnNormalizer(gamma, return_bound).to(device) if normalize_rewards else None
         )
-        self.numerics = NumericsMonitor("deferred")
-        loss_module.numerics = self.numerics
+        self.numerics = share_deferred_numerics(loss_module, self.actor)
 
     @property
     def learning_rate(self) -> torch.Tensor:

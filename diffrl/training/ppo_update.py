@@ -15,13 +15,12 @@ from tensordict.nn import TensorDictModuleBase
 from torchrl.objectives import LossModule
 from torchrl.objectives.value import GAE
 
-from diffrl.numerics import NumericsMonitor
 from diffrl.objectives.pathwise import PathwiseTrustRegionLoss
 from diffrl.torchrl_compat import ppo_clip_value_as_float
 from diffrl.training import distributed as parallel
 from diffrl.training.actor_average import ActorAverage
 from diffrl.training.distributed import DistributedContext
-from diffrl.training.update_rule import UpdateRule, adam
+from diffrl.training.update_rule import UpdateRule, adam, share_deferred_numerics
 
 
 class KLAdaptiveLearningRate:
@@ -177,9 +176,7 @@ class PPOUpdate(UpdateRule):
             if adaptive_lr
             else None
         )
-        self.numerics = NumericsMonitor("deferred")
-        if hasattr(loss_module, "numerics"):
-            loss_module.numerics = self.numerics
+        self.numerics = share_deferred_numerics(loss_module, self.actor)
 
     @property
     def learning_rate(self) -> torch.Tensor:

@@ -73,3 +73,17 @@ def adam(parameters: list[torch.nn.Parameter], learning_rate: float, *, weight_d
         capturable=device.type == "cuda",
         fused=True if device.type == "cpu" else None,
     )
+
+
+def share_deferred_numerics(*modules: torch.nn.Module) -> NumericsMonitor:
+    """One deferred monitor for an update's loss and actor: their checks record on the device, and the
+    loop raises once per iteration (a module's immediate checks would read the host every minibatch).
+
+    A module whose checks are off (``check_finite=False``) keeps them off.
+    """
+    monitor = NumericsMonitor("deferred")
+    for module in modules:
+        own = getattr(module, "numerics", None)
+        if isinstance(own, NumericsMonitor) and own.enabled:
+            module.numerics = monitor
+    return monitor

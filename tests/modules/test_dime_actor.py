@@ -59,6 +59,14 @@ def test_cosine_schedule_runs_from_one_to_its_floor():
     assert bool((schedule[1:] < schedule[:-1]).all())  # large steps first
 
 
+def test_step_embedding_frequencies_are_the_authors_evenly_spaced_ones():
+    # The TruDi reference's control net: 32 frequencies from 0.1 to 100 in equal steps of 99.9/31.
+    frequencies = make_actor().control.step_embedding.frequencies
+    assert frequencies.shape == (32,)
+    assert frequencies[:3].tolist() == pytest.approx([0.1, 3.3225806, 6.5451613], rel=1e-6)
+    assert frequencies[-1].item() == pytest.approx(100.0, rel=1e-6)
+
+
 @pytest.mark.parametrize("form", ["simplified", "full"])
 def test_path_kl_equals_the_summed_per_step_gaussian_kl_at_equal_friction(form):
     old = make_actor()

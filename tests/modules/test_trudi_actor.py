@@ -204,6 +204,17 @@ def test_non_finite_observation_is_a_clear_error():
         actor(td)
 
 
+@pytest.mark.parametrize("rows", [K, K + 2])
+def test_given_noise_with_the_wrong_number_of_rows_is_a_clear_error(rows):
+    # K + 2 rows would otherwise run the chain on the first K + 1 and add the extra row's density to log π.
+    chain = make_actor().chain
+    obs = torch.randn(5, OBS, dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match=rf"noise must be \[\*B, K\+1, d\] = \[\*B, {K + 1}, {D}\].*got \[5, {rows}, {D}\]"
+    ):
+        chain.sample(obs, noise=torch.randn(5, rows, D, dtype=torch.float64))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"parameterization": "v"}, "parameterization"), ({"ddim_eta": 0.5}, "ddim_eta"), ({"action_dim": 0}, "positive")],

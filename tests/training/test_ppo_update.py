@@ -9,7 +9,9 @@ from torchrl.objectives import ClipPPOLoss, KLAdaptiveLR
 from torchrl.objectives.value import GAE
 
 from diffrl.envs import make_gym_env
-from diffrl.modules import GaussianActor, make_value_network
+from diffrl.modules import GaussianActor, GenPOActor, GenPOFlow, make_value_network
+from diffrl.numerics import NumericalError
+from diffrl.objectives import GenPOLoss
 from diffrl.training import KLAdaptiveLearningRate, OnPolicyTrainer, PPOUpdate
 from diffrl.training.recipe import constructor_config
 
@@ -138,3 +140,29 @@ def test_a_rollout_out_of_time_order_is_refused():
     batch = ended_episode_rollout()[:, [0, 1, 3, 2, 4, 5, 6]]
     with pytest.raises(ValueError, match="next 'observation' at step 1 is not the following step's"):
         update.update(batch)
+
+
+def test_outside_the_trainer_the_actor_checks_are_deferred_like_the_loss_checks():
+    """Immediate actor checks in the loss's forward would read the host in every minibatch: the update
+    shares its deferred monitor with the actor, and the loop raises once per iteration."""
+    torch.manual_seed(0)
+    envs, steps, obs_dim = 4, 2, 3
+    actor = GenPOActor(GenPOFlow(2, obs_dim, hidden_sizes=[8]))
+    update = PPOUpdate(GenPOLoss(actor, make_value_network(obs_dim, [8])), num_epochs=1, num_minibatches=2)
+    assert actor.numerics is update.numerics and update.loss_module.numerics is update.numerics
+    observation = torch.randn(envs, steps + 1, obs_dim)
+    with torch.no_grad():
+        batch = actor(TensorDict({"observation": observation[:, :-1]}, batch_size=[envs, steps]))
+    done = torch.zeros(envs, steps, 1, dtype=torch.bool)
+    batch["next"] = TensorDict(
+        {"observation": observation[:, 1:], "reward": torch.randn(envs, steps, 1), "done": done, "terminated": done},
+        batch_size=[envs, steps],
+    )
+    batch["observation"][2, 1, 0] = float("nan")
+    update.update(batch)  # records, does not raise
+    with pytest.raises(NumericalError, match="not finite"):
+        update.numerics.raise_if_failed()
+
+    unchecked = GenPOActor(GenPOFlow(2, obs_dim, hidden_sizes=[8]), check_finite=False)
+    PPOUpdate(GenPOLoss(unchecked, make_value_network(obs_dim, [8])))
+    assert unchecked.numerics.mode == "off"  # a user's choice stands
