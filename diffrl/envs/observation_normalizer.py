@@ -96,7 +96,8 @@ class ObservationNormalizer(VecNormV2):
             running_mean, running_second = mean.get(key), second_moment.get(key)
             x = data.get(key).to(running_mean.dtype).reshape(-1, *running_mean.shape)
             if weights is None:
-                added = x.new_tensor(x.shape[0])
+                # new_full fills on the device; new_tensor would copy from the host and wait for the stream.
+                added = x.new_full((), x.shape[0])
                 batch_mean, batch_second = x.mean(0), x.pow(2).mean(0)
             else:
                 w = weights.to(x.dtype).reshape(-1, *(1,) * running_mean.ndim)

@@ -65,7 +65,7 @@ def effective_sample_size(log_ratio: torch.Tensor, keep: torch.Tensor | None = N
     samples dominate the surrogate. Computed in log space so large ratios do not overflow.
     """
     log_w = log_ratio.flatten()
-    count = torch.tensor(log_w.numel(), dtype=log_w.dtype, device=log_w.device)
+    count = log_w.numel()  # a Python number: a tensor made from it on a GPU would wait for the stream
     if keep is not None:
         keep = keep.flatten()
         log_w = log_w.masked_fill(~keep, -torch.inf)

@@ -283,7 +283,7 @@ class PPOUpdate(UpdateRule):
     def _normalized_advantage(self, advantage: torch.Tensor) -> torch.Tensor:
         """Standardized with the mean and (unbiased) std of the whole rollout, over all ranks."""
         wide = advantage.double()
-        moments = torch.stack([wide.sum(), wide.pow(2).sum(), wide.new_tensor(advantage.numel())])
+        moments = torch.stack([wide.sum(), wide.pow(2).sum(), wide.new_full((), advantage.numel())])
         if self.context.is_distributed:
             moments = parallel.all_reduce_sum(moments)
         total, total_squares, count = moments.unbind()

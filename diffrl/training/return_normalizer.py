@@ -55,7 +55,7 @@ class DiscountedReturnNormalizer(nn.Module):
             returns[:, step] = running
             previous_done = done[:, step]
         self.running_return, self.previous_done = running, previous_done
-        batch_count = returns.new_tensor(returns.numel())
+        batch_count = returns.new_full((), returns.numel())
         batch_mean = returns.mean()
         batch_squares = (returns - batch_mean).pow(2).sum()
         total = self.count + batch_count

@@ -13,8 +13,8 @@ from tensordict.nn import TensorDictModuleBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives import ClipPPOLoss
 
-from diffrl.modules import GaussianActor, GenPOActor, GenPOFlow, make_value_network
-from diffrl.objectives import GenPOLoss
+from diffrl.modules import DenoisingChain, GaussianActor, GenPOActor, GenPOFlow, TruDiActor, make_value_network
+from diffrl.objectives import DPPOLoss, GenPOLoss
 from diffrl.training import PPOUpdate
 
 pytestmark = [
@@ -57,7 +57,13 @@ def clip_ppo_loss() -> ClipPPOLoss:
     return ClipPPOLoss(actor, make_value_network(OBS, [32]).cuda(), clip_value=0.2, functional=False)
 
 
-@pytest.mark.parametrize("make_loss", [genpo_loss, clip_ppo_loss])
+def dppo_loss() -> DPPOLoss:
+    """Its ESS is taken over the whole minibatch (no outlier mask), GenPO's over the kept samples."""
+    actor = TruDiActor(DenoisingChain(ACT, OBS, num_steps=3, hidden_sizes=[32, 32])).cuda()
+    return DPPOLoss(actor, make_value_network(OBS, [32]).cuda())
+
+
+@pytest.mark.parametrize("make_loss", [genpo_loss, clip_ppo_loss, dppo_loss])
 def test_ppo_update_runs_without_a_host_sync(make_loss):
     torch.manual_seed(0)
     loss = make_loss()
@@ -103,15 +109,16 @@ def test_the_observation_normalizer_updates_and_normalizes_without_a_host_sync()
 
     normalizer = ObservationNormalizer.for_key("observation").cuda()
     observation = TensorDict({"observation": torch.randn(ENVS, OBS, device="cuda")}, batch_size=[ENVS], device="cuda")
-    normalizer.update(observation)
+    normalizer.update(observation)  # the first call creates the statistics
     reset = torch.zeros(ENVS, 1, dtype=torch.bool, device="cuda")
     reset[::5] = True
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
+        normalizer.update(observation)  # a step's rows, all of them
         normalizer.update(observation, reset)  # a partial reset's rows
         normalized = normalizer.normalize(observation)["observation"]
     finally:
         torch.cuda.set_sync_debug_mode("default")
     count = normalizer.statistics()[0]["observation"]
-    assert int(count) == ENVS + ENVS // 5 + 1 and normalized.device.type == "cuda"
+    assert int(count) == 2 * ENVS + ENVS // 5 + 1 and normalized.device.type == "cuda"
