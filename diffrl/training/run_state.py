@@ -217,6 +217,8 @@ class RunState:
         else:
             self.rollout.ranks = [local]
         if not self.context.is_main:
+            # Every rank records the save: the loop's closing save is a collective, so all ranks must skip it alike.
+            self.saved_iteration = self.progress.iteration
             return None
         live = {name: component for name, component in self.checkpoint.components.items() if name != "progress"}
         states = {name: component.state_dict() for name, component in live.items()}

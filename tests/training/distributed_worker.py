@@ -36,6 +36,7 @@ def main(out: Path) -> None:
         total_frames=ITERATIONS * NUM_ENVS * STEPS * context.world_size,
         steps_per_env=STEPS,
         checkpoint_dir=out / "checkpoints",
+        checkpoint_every=ITERATIONS,  # the last iteration's save is in the loop, and no rank saves again after it
         progress=False,
         distributed=context,
     )
@@ -52,6 +53,7 @@ def main(out: Path) -> None:
             "statistics": (count.to_dict(), mean.to_dict(), second_moment.to_dict()),
             "first_observations": first_observations,
             "history": history,
+            "checkpoints": sorted(path.name for path in (out / "checkpoints").iterdir()) if context.is_main else None,
         },
         out / f"rank{context.rank}.pt",
     )

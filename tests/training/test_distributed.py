@@ -46,3 +46,10 @@ def test_statistics_count_every_rank_and_metrics_are_global(ranks):
     assert int(count) == 2 * (4 + 3 * 16 * 4 + 2 * 4)
     assert [entry["frames"] for entry in ranks[0]["history"]] == [128.0, 256.0, 384.0]
     assert ranks[0]["history"][-1]["kl_approx"] == ranks[1]["history"][-1]["kl_approx"]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_on_the_last_iteration_ends_every_rank(ranks):
+    # checkpoint_every = the iteration count: had a rank other than 0 not recorded that save, it would have
+    # entered the closing save's gather alone, and torchrun would have failed before writing the ranks' files.
+    assert ranks[0]["checkpoints"][-1] == "checkpoint-000000000003"
