@@ -244,10 +244,14 @@ class OnPolicyTrainer:
         return progress.history
 
     def _check_rollout(self, batch: TensorDictBase) -> None:
-        """Every observation the actor saw, every action and log-probability it wrote and every reward is
-        finite (the message names the env and the rollout step); checked on the device, one host sync."""
+        """Every observation the actor saw, every action and log-probability it wrote, every reward and every
+        next observation is finite (the message names the env and the rollout step); checked on the device,
+        one host sync. The next observations matter at a step that ends an episode: its final observation,
+        which the critic bootstraps from, is never seen by the actor (nor by a normalizer, when there is none).
+        """
         checks = [
             (self.observation_key, f"observation {self.observation_key!r} as the actor saw it"),
+            (("next", self.observation_key), f"next observation {self.observation_key!r} from the env"),
             *((key, f"{key!r} written by the actor") for key in self._actor_outputs),
             (("next", "reward"), "reward from the env"),
         ]

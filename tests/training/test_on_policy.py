@@ -24,11 +24,19 @@ NUM_ENVS, STEPS = 4, 16
 
 
 def make_trainer(
-    checkpoint_dir: Path, total_frames: int, hidden: int = 16, family: str = "ppo", **kwargs
+    checkpoint_dir: Path,
+    total_frames: int,
+    hidden: int = 16,
+    family: str = "ppo",
+    normalize_observations: bool = True,
+    **kwargs,
 ) -> OnPolicyTrainer:
     """GenPO with the PPO family's update, or (``family="pathwise"``) TruDi with the pathwise one."""
     torch.manual_seed(0)
-    env = training_env(make_gym_env("HalfCheetah-v5", NUM_ENVS, seed=0, max_episode_steps=20))
+    env = training_env(
+        make_gym_env("HalfCheetah-v5", NUM_ENVS, seed=0, max_episode_steps=20),
+        normalize_observations=normalize_observations,
+    )
     obs_dim, action_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
     if family == "pathwise":
         actor = DIMEActor(action_dim, obs_dim, num_steps=2, hidden_sizes=[hidden])
@@ -346,6 +354,20 @@ def test_a_nan_observation_is_named_with_its_env_before_it_reaches_the_normalize
     resumed.load_checkpoint(trainer.run_state.latest())
     _, mean, second_moment = resumed.observation_normalizer.statistics()
     assert all(bool(entry.isfinite().all()) for entry in (*mean.values(), *second_moment.values()))
+
+
+def test_a_nan_final_observation_is_named_without_a_normalizer(tmp_path):
+    # Env 1's 20-step episode ends at the second rollout's step 3: its NaN final observation is replaced by
+    # the reset one, so only the critic's bootstrap would have read it.
+    trainer = make_trainer(tmp_path, total_frames=4 * NUM_ENVS * STEPS, normalize_observations=False)
+    trainer.env.insert_transform(0, NaNObservationForEnv(index=1, at=20))
+    with pytest.raises(
+        NumericalError,
+        match=r"next observation 'observation' from the env is not finite for 1 of 64 samples; "
+        r"first at env 1, step 3",
+    ):
+        trainer.train()
+    assert trainer.progress.iteration == 1
 
 
 def test_checks_off_lets_the_run_go_on_but_never_checkpoints_non_finite_weights(tmp_path, caplog, monkeypatch):
