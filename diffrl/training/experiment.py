@@ -26,7 +26,7 @@ from diffrl.training.compilation import compile_networks
 from diffrl.training.distributed import DistributedContext, broadcast_object, init_distributed
 from diffrl.training.learning_curve import plot_learning_curve
 from diffrl.training.on_policy import OnPolicyTrainer
-from diffrl.training.run_directory import RunDirectory
+from diffrl.training.run_directory import RunDirectory, checkpoint_to_resume
 from diffrl.training.run_lock import RunLock
 from diffrl.training.run_state import TrainingProgress
 from diffrl.training.tracking import MLflowTracker, default_tracking_uri, require_tracking_server
@@ -90,11 +90,9 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
     _check_counts(cfg)
     context = init_distributed(cfg.env.device)
     run_dir = Path(broadcast_object(str(run_dir)) if context.is_distributed else run_dir)
-    resume = Path(cfg.resume) if cfg.resume else None
+    resume = checkpoint_to_resume(cfg.resume) if cfg.resume else None
     run_info: dict[str, str] = {}
     if resume is not None:
-        if not resume.exists():
-            raise ValueError(f"resume={resume}: no such checkpoint")
         run_dir = RunDirectory.of_checkpoint(resume).root
         info_path = RunDirectory(run_dir).run_info
         if info_path.exists():

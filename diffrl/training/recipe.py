@@ -21,7 +21,7 @@ from diffrl.training.distributed import DistributedContext
 from diffrl.training.experiment import StopRequested, run_experiment
 from diffrl.training.pathwise_update import PathwiseUpdate
 from diffrl.training.ppo_update import PPOUpdate
-from diffrl.training.run_directory import RunDirectory
+from diffrl.training.run_directory import RunDirectory, checkpoint_to_resume
 
 logger = logging.getLogger("diffrl")
 
@@ -107,8 +107,11 @@ def unusable_path_override(overrides: list[str]) -> str | None:
     """
     for override in overrides:
         key, _, value = override.partition("=")
-        if key == "resume" and value not in ("", "null") and not Path(value).exists():
-            return f"resume={value}: no such checkpoint"
+        if key == "resume" and value not in ("", "null"):
+            try:
+                checkpoint_to_resume(value)
+            except ValueError as error:
+                return str(error)
         if key == "hydra.run.dir" and value:
             ancestor = Path(value).absolute()
             while not ancestor.exists():

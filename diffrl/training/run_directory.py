@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from torchrl.checkpoint import Checkpoint
+
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
@@ -87,3 +89,27 @@ class RunDirectory:
     @property
     def lock(self) -> Path:
         return self.root / ".diffrl.lock"
+
+
+def checkpoint_to_resume(path: str | Path) -> Path:
+    """The checkpoint ``resume=<path>`` names: ``path`` itself, or a run directory's latest checkpoint.
+
+    Checked before anything is built (Hydra's directory, the lock, the simulator): a path that does
+    not exist, a run directory without checkpoints, or a directory that is no TorchRL checkpoint is
+    a :class:`ValueError` saying which.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"resume={path}: no such checkpoint")
+    run = RunDirectory(path)
+    if run.checkpoints.is_dir():
+        latest = run.latest_checkpoint()
+        if latest is None:
+            raise ValueError(f"resume={path}: a run directory without checkpoints (no iteration completed)")
+        path = latest
+    if not Checkpoint.is_checkpoint(path):
+        raise ValueError(
+            f"resume={path}: not a TorchRL checkpoint (no readable manifest); name a run directory or one of "
+            f"its checkpoints/{CHECKPOINT_PREFIX}* directories"
+        )
+    return path

@@ -40,6 +40,7 @@ def metric_values(client: MlflowClient, run_id: str, key: str) -> list[tuple[int
         ("env.device=tpu", "is not a torch device"),
         ("env.device=cuda:0", "no CUDA device is available"),
         ("resume=/nonexistent/checkpoint", "no such checkpoint"),
+        ("resume=/", "not a TorchRL checkpoint"),  # exists, but neither a checkpoint nor a run directory
     ],
 )
 def test_bad_overrides_are_clear_errors(tmp_path, override, message):
@@ -106,13 +107,12 @@ def test_mlflow_run_has_params_metrics_and_artifacts(trained_run):
 
 @pytest.mark.slow
 def test_resume_continues_the_iteration_count(trained_run):
-    checkpoint = trained_run / "checkpoints" / "checkpoint-000000000040"
-    assert checkpoint.exists()
+    assert (trained_run / "checkpoints" / "checkpoint-000000000040").exists()  # the latest
     result = run_recipe(
         trained_run,
         "env.assets=offline",
         f"collector.total_frames={42 * FRAMES_PER_ITERATION}",
-        f"resume={checkpoint}",
+        f"resume={trained_run}",  # the run directory: its latest checkpoint
     )
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((trained_run / "run.json").read_text())
