@@ -228,7 +228,7 @@ def _start_tracking(
     config_path = layout.config
     config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     assets = getattr(env, "isaaclab_assets", None)
-    if tracker.replaced_run_id is not None:  # the new run carries the whole curve up to the checkpoint
+    if resume is not None:  # a new run carries the whole curve up to the checkpoint, the continued one its gaps
         tracker.log_history(progress.history)
     if resume is None or tracker.replaced_run_id is not None:
         tracker.log_params(OmegaConf.to_container(cfg, resolve=True))

@@ -23,7 +23,8 @@ class RunDirectory:
         <root>/learning_curve.png     the learning curve
         <root>/export/                ONNX / TorchScript exports
         <root>/.diffrl.lock           held by the training process (its PID inside)
-        <root>/metrics_buffer.jsonl   metrics kept while the MLflow store failed (sent at the end)
+        <root>/metrics_buffer.jsonl   metrics kept while the MLflow store failed (sent at the end; a resume
+                                      logs the checkpoint's history instead)
 
     Example:
         >>> RunDirectory("runs/x").checkpoint(25).name

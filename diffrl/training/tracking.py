@@ -167,16 +167,24 @@ class MLflowTracker:
         return any(metric.step > iteration for metric in self.client.get_metric_history(run_id, "frames"))
 
     def log_history(self, history: list[Mapping[str, float]]) -> None:
-        """Iterations ``1..len(history)`` in batched writes (a run that takes over from a replaced one)."""
+        """The iterations of ``history`` (``1..len(history)``, a checkpoint's) that the run has not logged.
+
+        On resume: all of them in a run that takes over from a replaced one; in the continued run,
+        those a dead process had only buffered (its buffer file, which this supersedes, is removed).
+        """
+        logged = {metric.step for metric in self.client.get_metric_history(self.run_id, "frames")}
         timestamp = int(time.time() * 1000)
         metrics = [
             Metric(key, float(value), timestamp, step)
             for step, entry in enumerate(history, start=1)
+            if step not in logged
             for key, value in entry.items()
             if math.isfinite(value)
         ]
         for start in range(0, len(metrics), 1000):  # MLflow's batch limit
             self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+        if self._buffered is None and self.buffer_path is not None:
+            self.buffer_path.unlink(missing_ok=True)
 
     def log_params(self, config: Mapping[str, Any]) -> None:
         params = [Param(key, value[:6000]) for key, value in flatten_config(config).items()]

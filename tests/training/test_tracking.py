@@ -120,6 +120,31 @@ def test_a_resume_behind_the_runs_last_logged_step_continues_in_a_new_run(tmp_pa
     assert client.get_run(resumed.run_id).info.status == "RUNNING"
 
 
+def test_a_resume_logs_what_a_killed_process_had_only_buffered(tmp_path):
+    uri, buffer = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "metrics_buffer.jsonl"
+    killed = MLflowTracker(uri, experiment="resume", run_name="r", buffer_path=buffer)
+
+    def store_down(*args, **kwargs):
+        raise ConnectionError("store down")
+
+    for step in range(1, 6):  # the store fails from iteration 3 on; kill -9 after the checkpoint of iteration 5
+        if step == 3:
+            killed.client.log_batch = store_down
+        killed.log_metrics({"frames": 10.0 * step}, step=step)
+    assert len(buffer.read_text().splitlines()) == 3
+
+    resumed = MLflowTracker(uri, experiment="resume", run_id=killed.run_id, buffer_path=buffer, resume_iteration=5)
+    assert resumed.replaced_run_id is None  # the run logged nothing past the checkpoint
+    resumed.log_history([{"frames": 10.0 * step} for step in range(1, 6)])  # the checkpoint's history
+    resumed.log_metrics({"frames": 60.0}, step=6)
+    resumed.finish()
+    frames = sorted(
+        (metric.step, metric.value) for metric in MlflowClient(uri).get_metric_history(killed.run_id, "frames")
+    )
+    assert frames == [(step, 10.0 * step) for step in range(1, 7)]  # each step once, none lost
+    assert not buffer.exists()
+
+
 @pytest.mark.slow
 def test_metrics_logged_after_the_server_died_for_good_land_in_the_local_fallback_store(tmp_path):
     port = free_port()
