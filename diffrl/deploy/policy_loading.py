@@ -106,7 +106,7 @@ def _rebuild(
     return LoadedPolicy(actor, normalizer, config, source, run_dir, *dims)
 
 
-def _load_policy_file(path: Path) -> LoadedPolicy:
+def _read_policy_file(path: Path) -> dict[str, Any]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several kinds for a truncated or foreign file
@@ -114,6 +114,11 @@ def _load_policy_file(path: Path) -> LoadedPolicy:
     expected = {"actor", "config", "obs_dim", "action_dim"}
     if not isinstance(saved, dict) or not expected <= saved.keys():
         raise ValueError(f"{path} is not a diffrl policy file (expected the keys {sorted(expected)})")
+    return saved
+
+
+def _load_policy_file(path: Path, saved: dict[str, Any] | None = None) -> LoadedPolicy:
+    saved = _read_policy_file(path) if saved is None else saved
     run_dir = path.parent if RunDirectory(path.parent).run_info.exists() else None
     dims = (saved["obs_dim"], saved["action_dim"])
     return _rebuild(saved["actor"], saved.get("observation_normalizer"), saved["config"], path, run_dir, dims)
@@ -173,7 +178,8 @@ def load_policy(path: str | os.PathLike) -> LoadedPolicy:
     """Rebuild the actor and observation normalizer of a training run.
 
     Args:
-        path: a run directory (its ``policy.pt``, else its latest checkpoint), a ``policy.pt``
+        path: a run directory (its ``policy.pt``, else — or when newer, as in a resumed run that has not
+            ended — its latest checkpoint), a ``policy.pt``
             file, or a checkpoint directory ``<run_dir>/checkpoints/checkpoint-…`` (the config is
             read from ``<run_dir>/config.yaml``).
 
@@ -193,7 +199,19 @@ def load_policy(path: str | os.PathLike) -> LoadedPolicy:
         return _load_policy_file(path)
     layout = RunDirectory(path)
     if layout.policy.is_file():
-        return _load_policy_file(layout.policy)
+        saved = _read_policy_file(layout.policy)
+        latest = layout.latest_checkpoint()
+        # policy.pt ends a run; a later checkpoint is a resumed run's that has not ended (files before
+        # the iteration was recorded have none, and stay the run's policy).
+        if latest is not None and RunDirectory.iteration_of(latest) > saved.get("iteration", float("inf")):
+            logger.info(
+                "%s is of iteration %d, the latest checkpoint %s newer (a resumed run): using the checkpoint",
+                layout.policy.name,
+                saved["iteration"],
+                latest.name,
+            )
+            return _load_checkpoint(latest)
+        return _load_policy_file(layout.policy, saved)
     if layout.checkpoints.is_dir():
         latest = layout.latest_checkpoint()
         if latest is None:

@@ -192,7 +192,13 @@ def _train(
         return RunResult(run_dir, "", "", history, final_checkpoint)
     curve = plot_learning_curve(history, layout.learning_curve, title=f"{cfg.algorithm.name} on {cfg.env.task}")
     policy_path = save_policy(
-        layout.policy, update.deployed_actor, observation_normalizer(env), cfg, obs_dim, action_dim
+        layout.policy,
+        update.deployed_actor,
+        observation_normalizer(env),
+        cfg,
+        obs_dim,
+        action_dim,
+        iteration=trainer.progress.iteration,
     )
     for artifact in (curve, policy_path):
         tracker.log_artifact(artifact)
@@ -267,8 +273,11 @@ def save_policy(
     cfg: DictConfig,
     obs_dim: int,
     action_dim: int,
+    iteration: int,
 ) -> Path:
-    """Write ``policy.pt``: what :func:`diffrl.deploy.policy_loading.load_policy` rebuilds a policy from."""
+    """Write ``policy.pt`` (atomically): what :func:`diffrl.deploy.policy_loading.load_policy` rebuilds a
+    policy from, with the iteration it ends (a resumed run's newer checkpoints take precedence over it)."""
+    staged = path.with_name(f".{path.name}.staged")
     torch.save(
         {
             "actor": actor.state_dict(),
@@ -278,9 +287,11 @@ def save_policy(
             "config": OmegaConf.to_container(cfg, resolve=True),
             "obs_dim": obs_dim,
             "action_dim": action_dim,
+            "iteration": iteration,
         },
-        path,
+        staged,
     )
+    staged.replace(path)
     return path
 
 

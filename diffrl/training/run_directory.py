@@ -67,6 +67,11 @@ class RunDirectory:
         """The checkpoint directory TorchRL's ``CheckpointRotation`` writes for ``iteration``."""
         return self.checkpoints / f"{CHECKPOINT_PREFIX}{iteration:012d}"
 
+    @staticmethod
+    def iteration_of(checkpoint: str | Path) -> int:
+        """The iteration a ``checkpoint-<iteration>`` directory holds."""
+        return int(Path(checkpoint).name.removeprefix(CHECKPOINT_PREFIX))
+
     def latest_checkpoint(self) -> Path | None:
         found = sorted(path for path in self.checkpoints.glob(f"{CHECKPOINT_PREFIX}*") if path.is_dir())
         return found[-1] if found else None

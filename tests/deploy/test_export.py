@@ -345,7 +345,7 @@ def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
     checkpoint = run_dir / "checkpoints" / "checkpoint-000000000001"
     Checkpoint(actor=actor, observation_normalizer=normalizer).save(checkpoint, metadata=dims)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    save_policy(tmp_path / "policy.pt", actor, normalizer, cfg, OBS_DIM, ACTION_DIM)
+    save_policy(tmp_path / "policy.pt", actor, normalizer, cfg, OBS_DIM, ACTION_DIM, iteration=1)
 
     observation = torch.randn(8, OBS_DIM)
     normalized = normalizer.freeze().normalize(TensorDict({"observation": observation}, [8]))["observation"]
@@ -361,6 +361,13 @@ def test_load_policy_rebuilds_what_a_run_saved(recipe, tmp_path):
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             actual = loaded.actor(TensorDict({"observation": loaded.normalize(observation)}, [8]))["action"]
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+    # In a run directory, policy.pt ends the run unless a resumed run has checkpointed past it.
+    save_policy(run_dir / "policy.pt", actor, normalizer, cfg, OBS_DIM, ACTION_DIM, iteration=1)
+    assert load_policy(run_dir).source == run_dir / "policy.pt"
+    save_policy(run_dir / "policy.pt", actor, normalizer, cfg, OBS_DIM, ACTION_DIM, iteration=0)
+    assert load_policy(run_dir).source == checkpoint
+    (run_dir / "policy.pt").unlink()
 
     # A damaged tensor file is an error naming it, not a silently different policy.
     tensor_file = sorted(checkpoint.glob("components/*-actor/state/*.memmap"))[-1]
