@@ -108,6 +108,13 @@ def all_reduce_mean(values: dict[str, float], world_size: int) -> dict[str, floa
     return dict(zip(keys, total.tolist(), strict=True))
 
 
+def all_gather_tensor(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Every rank's ``tensor`` (same shape on all), stacked in rank order [world_size, ...], on every rank."""
+    gathered = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.stack(gathered)
+
+
 def gather_objects(obj: Any, world_size: int) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank."""
     gathered: list[Any] = [None] * world_size

@@ -147,7 +147,11 @@ class OnPolicyTrainer:
         )
         base_env = env.base_env if isinstance(env, TransformedEnv) else env
         rollout_state = RolloutState(
-            self.collector, getattr(base_env, "simulator_state", None), self.context.rank, self.context.world_size
+            self.collector,
+            getattr(base_env, "simulator_state", None),
+            self.context.rank,
+            self.context.world_size,
+            episode_components=update.episode_components(),
         )
         components = dict(update.checkpoint_components())
         if self.observation_normalizer is not None:

@@ -6,6 +6,7 @@ sits beside the likelihood-ratio family's :class:`~diffrl.training.ppo_update.PP
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -117,10 +118,20 @@ class PathwiseUpdate(UpdateRule):
             components["reward_normalizer"] = self.reward_normalizer
         return components
 
+    def episode_components(self) -> dict[str, Any]:
+        if self.reward_normalizer is None:
+            return {}
+        return {"discounted_returns": self.reward_normalizer.carried}
+
     def update(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
         reward_scale = torch.ones((), device=batch.device)
         if self.reward_normalizer is not None:
-            self.reward_normalizer.update(batch["next", "reward"].squeeze(-1), batch["next", "done"].squeeze(-1))
+            gather = partial(parallel.all_gather_tensor, world_size=self.context.world_size)
+            self.reward_normalizer.update(
+                batch["next", "reward"].squeeze(-1),
+                batch["next", "done"].squeeze(-1),
+                gather=gather if self.context.is_distributed else None,
+            )
             reward_scale = self.reward_normalizer.scale
         self.loss_module.value_estimator(batch, alpha=self.loss_module.alpha.detach(), reward_scale=reward_scale)
         flat = batch.reshape(-1)

@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+
+class CarriedReturns:
+    """Each env's running discounted return G and whether its last step ended an episode.
+
+    They follow this process's own envs' episodes, so they are saved per rank with the rollout
+    (:class:`~diffrl.training.rollout_state.RolloutState`), not with the shared statistics, and start
+    at 0 again when resumed episodes restart from a reset.
+    """
+
+    def __init__(self) -> None:
+        self.running: torch.Tensor | None = None  # [N] float64
+        self.previous_done: torch.Tensor | None = None  # [N] bool
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot (device copies)."""
+        if self.running is None:
+            return {"running": None, "previous_done": None}
+        return {"running": self.running.clone(), "previous_done": self.previous_done.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.running, self.previous_done = state["running"], state["previous_done"]
 
 
 class DiscountedReturnNormalizer(nn.Module):
@@ -16,7 +39,8 @@ class DiscountedReturnNormalizer(nn.Module):
     scaled rewards the discounted returns have a standard deviation of about 1 and stay within
     ±``return_bound``, so the critic's fixed support (±10 by default) fits them without per-task
     tuning. :meth:`update` takes a whole rollout and the update scales that rollout with the
-    statistics including it, so s is constant within an iteration. Before any data s = 1.
+    statistics including it, so s is constant within an iteration. Before any data s = 1. Under
+    ``torchrun`` every rank merges every rank's rollout statistics in rank order, so all agree on s.
 
     Args:
         gamma: the discount of G (the training discount).
@@ -38,32 +62,45 @@ class DiscountedReturnNormalizer(nn.Module):
         self.register_buffer("mean", torch.zeros((), dtype=torch.float64))
         self.register_buffer("sum_of_squares", torch.zeros((), dtype=torch.float64))  # Σ (G − mean)²
         self.register_buffer("max_abs", torch.zeros((), dtype=torch.float64))
-        self.running_return: torch.Tensor | None = None  # [N], in the extra state
-        self.previous_done: torch.Tensor | None = None
+        self.carried = CarriedReturns()
 
     @torch.no_grad()
-    def update(self, reward: torch.Tensor, done: torch.Tensor) -> None:
-        """Fold a rollout in: ``reward`` and ``done`` [N, T] (time last)."""
+    def update(
+        self, reward: torch.Tensor, done: torch.Tensor, gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
+        """Fold a rollout in: ``reward`` and ``done`` [N, T] (time last).
+
+        ``gather`` stacks a tensor from every rank in rank order (``torchrun``; ``None``: one process).
+        """
         reward = reward.to(torch.float64)
-        if self.running_return is None or self.running_return.shape != reward.shape[:1]:
-            self.running_return = reward.new_zeros(reward.shape[0])
-            self.previous_done = torch.zeros(reward.shape[0], dtype=torch.bool, device=reward.device)
+        carried = self.carried
+        if carried.running is None or carried.running.shape != reward.shape[:1]:
+            carried.running = reward.new_zeros(reward.shape[0])
+            carried.previous_done = torch.zeros(reward.shape[0], dtype=torch.bool, device=reward.device)
         returns = torch.empty_like(reward)
-        running, previous_done = self.running_return, self.previous_done
+        running, previous_done = carried.running, carried.previous_done
         for step in range(reward.shape[-1]):
             running = self.gamma * running * (~previous_done) + reward[:, step]
             returns[:, step] = running
             previous_done = done[:, step]
-        self.running_return, self.previous_done = running, previous_done
-        batch_count = returns.new_full((), returns.numel())
+        carried.running, carried.previous_done = running, previous_done
         batch_mean = returns.mean()
-        batch_squares = (returns - batch_mean).pow(2).sum()
-        total = self.count + batch_count
-        delta = batch_mean - self.mean
-        self.sum_of_squares.add_(batch_squares + delta.pow(2) * self.count * batch_count / total)
-        self.mean.add_(delta * batch_count / total)
-        self.count.copy_(total)
-        self.max_abs.copy_(torch.maximum(self.max_abs, returns.abs().max()))
+        # count, mean, Σ (G − mean)², max|G| of this rank's rollout
+        moments = torch.stack(
+            [
+                returns.new_full((), returns.numel()),
+                batch_mean,
+                (returns - batch_mean).pow(2).sum(),
+                returns.abs().max(),
+            ]
+        )
+        for batch_count, batch_mean, batch_squares, batch_max in moments[None] if gather is None else gather(moments):
+            total = self.count + batch_count
+            delta = batch_mean - self.mean
+            self.sum_of_squares.add_(batch_squares + delta.pow(2) * self.count * batch_count / total)
+            self.mean.add_(delta * batch_count / total)
+            self.count.copy_(total)
+            self.max_abs.copy_(torch.maximum(self.max_abs, batch_max))
 
     @property
     def scale(self) -> torch.Tensor:
@@ -71,9 +108,3 @@ class DiscountedReturnNormalizer(nn.Module):
         variance = self.sum_of_squares / (self.count - 1).clamp_min(1)
         spread = torch.maximum(variance.sqrt(), self.max_abs / self.return_bound)
         return torch.where((self.count > 1) & (spread > 0), 1 / spread.clamp_min(1e-12), 1.0).float()
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"running_return": self.running_return, "previous_done": self.previous_done}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.running_return, self.previous_done = state["running_return"], state["previous_done"]

@@ -21,17 +21,27 @@ class RolloutState:
     collector's carried tensordict (the next step's observation and the running episode
     return and length) and, when the env offers one (an ``env.simulator_state`` with
     ``state_dict``/``load_state_dict``, as :func:`diffrl.envs.gym.make_gym_env` gives), the
-    simulator's exact state. With all three restored, a resumed CPU run reproduces the
-    uninterrupted one step for step. An env without a simulator state (Isaac Lab) resumes
-    with fresh episodes, which is logged.
+    simulator's exact state, and the update's ``episode_components`` (state that follows the
+    episodes, e.g. the running discounted returns of REPPO's reward scaling). With all of them
+    restored, a resumed CPU run reproduces the uninterrupted one step for step. An env without a
+    simulator state (Isaac Lab) resumes with fresh episodes, which is logged; the episode
+    components then start afresh too.
 
     The trainer :meth:`capture`\\s every rank's state into :attr:`ranks` before rank 0 writes
     the checkpoint; loading picks this rank's entry.
     """
 
-    def __init__(self, collector: Collector, simulator: Any | None, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        collector: Collector,
+        simulator: Any | None,
+        rank: int = 0,
+        world_size: int = 1,
+        episode_components: dict[str, Any] | None = None,
+    ) -> None:
         self.collector = collector
         self.simulator = simulator
+        self.episode_components = episode_components or {}
         self.rank, self.world_size = rank, world_size
         self.ranks: list[dict[str, Any]] = []
 
@@ -42,6 +52,7 @@ class RolloutState:
             "rng": GlobalRNGState().state_dict(),
             "carrier": collector_carried_step(self.collector).clone().to_dict(),  # the collector reuses it
             "simulator": self.simulator.state_dict() if self.simulator is not None else None,
+            "episode_components": {name: component.state_dict() for name, component in self.episode_components.items()},
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -61,6 +72,8 @@ class RolloutState:
             self.simulator.load_state_dict(mine["simulator"])
             carrier = collector_carried_step(self.collector)
             carrier.update(TensorDict(mine["carrier"], batch_size=carrier.batch_size, device=carrier.device))
+            for name, component in self.episode_components.items():
+                component.load_state_dict(mine["episode_components"][name])
         else:
             logger.warning("the env has no restorable simulator state: resumed episodes restart from a reset")
         GlobalRNGState().load_state_dict(mine["rng"])

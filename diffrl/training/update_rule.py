@@ -40,6 +40,11 @@ class UpdateRule(ABC):
     def checkpoint_components(self) -> dict[str, Any]:
         """The stateful parts a checkpoint saves, by name (``"actor"`` is the one deploy reads)."""
 
+    def episode_components(self) -> dict[str, Any]:
+        """Stateful parts that follow this process's running episodes (``state_dict``/``load_state_dict``):
+        saved per rank with the rollout, restored only where the episodes continue. None by default."""
+        return {}
+
     @property
     def deployed_actor(self) -> TensorDictModuleBase:
         """The actor a user runs (``policy.pt``, export): the trained one, unless the rule keeps an average."""

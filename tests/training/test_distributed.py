@@ -12,12 +12,16 @@ import torch
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
+def run_ranks(out: Path, *arguments: str) -> list[dict]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([*command, str(WORKER), str(out), *arguments], check=True, timeout=300)
+    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("distributed")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    subprocess.run([*command, str(WORKER), str(out)], check=True, timeout=300)
-    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    return run_ranks(tmp_path_factory.mktemp("distributed"))
 
 
 @pytest.mark.slow
@@ -53,3 +57,18 @@ def test_a_checkpoint_on_the_last_iteration_ends_every_rank(ranks):
     # checkpoint_every = the iteration count: had a rank other than 0 not recorded that save, it would have
     # entered the closing save's gather alone, and torchrun would have failed before writing the ranks' files.
     assert ranks[0]["checkpoints"][-1] == "checkpoint-000000000003"
+
+
+@pytest.mark.slow
+def test_pathwise_ranks_share_the_reward_scale_and_resume_each_ranks_own_returns(tmp_path):
+    """TruDi under torchrun: one reward scale from every rank's returns, and a resume from iteration 2 of 3
+    that equals the uninterrupted run on each rank (its envs' running discounted returns included)."""
+    uninterrupted = run_ranks(tmp_path / "uninterrupted", "pathwise")
+    assert uninterrupted[0]["reward_scale"] == uninterrupted[1]["reward_scale"] != 1.0
+    assert not torch.equal(uninterrupted[0]["running_returns"], uninterrupted[1]["running_returns"])  # own envs
+    checkpoint = tmp_path / "uninterrupted" / "checkpoints" / "checkpoint-000000000002"
+    resumed = run_ranks(tmp_path / "resumed", "pathwise", str(checkpoint))
+    for whole, continued in zip(uninterrupted, resumed, strict=True):
+        assert continued["reward_scale"] == whole["reward_scale"]
+        assert torch.equal(continued["running_returns"], whole["running_returns"])
+        assert torch.equal(continued["parameters"], whole["parameters"])

@@ -92,7 +92,11 @@ def test_checkpoint_components_restore_the_whole_update(tmp_path):
         component.load_state_dict(states[name])
     torch.testing.assert_close(fresh.loss_module.log_alpha, update.loss_module.log_alpha)
     torch.testing.assert_close(fresh.reward_normalizer.scale, update.reward_normalizer.scale)
-    torch.testing.assert_close(fresh.reward_normalizer.running_return, update.reward_normalizer.running_return)
+    # The running returns follow this process's episodes: saved per rank with the rollout, not with the update.
+    carried = update.episode_components()["discounted_returns"]
+    assert carried is update.reward_normalizer.carried and carried.running is not None
+    fresh.episode_components()["discounted_returns"].load_state_dict(carried.state_dict())
+    torch.testing.assert_close(fresh.reward_normalizer.carried.running, carried.running)
 
 
 def test_the_loop_trains_trudi_on_a_mujoco_env():
@@ -138,3 +142,19 @@ def test_return_normalizer_scale_is_one_over_the_discounted_returns_spread():
     bounded = DiscountedReturnNormalizer(gamma=gamma, return_bound=0.5)
     bounded.update(reward, done)
     assert float(bounded.scale) == pytest.approx(0.5 / float(expected.abs().max()), rel=1e-6)
+
+
+def test_return_normalizer_merges_every_ranks_rollout_in_rank_order():
+    # gamma = 0: each G is its reward. Rank 0's envs saw reward_0, rank 1's reward_1; both ranks must get
+    # the scale of all six returns together, as one process with every env would.
+    reward_0, reward_1 = torch.tensor([[1.0, 2.0], [0.5, -1.0]]), torch.tensor([[4.0], [-3.0]])
+    done_0, done_1 = torch.zeros(2, 2, dtype=torch.bool), torch.zeros(2, 1, dtype=torch.bool)
+    rank_0_moments = []
+    rank_0 = DiscountedReturnNormalizer(gamma=0.0, return_bound=100.0)
+    rank_0.update(reward_0, done_0, gather=lambda moments: rank_0_moments.append(moments) or moments[None])
+    rank_1 = DiscountedReturnNormalizer(gamma=0.0, return_bound=100.0)
+    rank_1.update(reward_1, done_1, gather=lambda moments: torch.stack([rank_0_moments[0], moments]))
+    every_return = torch.cat([reward_0.flatten(), reward_1.flatten()]).double()
+    assert float(rank_1.scale) == pytest.approx(1 / float(every_return.std()), rel=1e-6)
+    assert float(rank_1.max_abs) == 4.0 and float(rank_1.count) == 6
+    torch.testing.assert_close(rank_1.carried.running, reward_1[:, -1].double())  # its own envs' G only
