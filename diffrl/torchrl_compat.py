@@ -10,13 +10,15 @@ when TorchRL changes them:
 - ``Collector._carrier``: the next step's input (observation, running episode return and length),
   which a resumed run must restore;
 - ``VecNormV2``'s running statistics ``_count``, ``_loc`` and ``_var`` (E[x²]), which
-  :class:`~diffrl.envs.observation_normalizer.ObservationNormalizer` updates and reads itself.
+  :class:`~diffrl.envs.observation_normalizer.ObservationNormalizer` updates and reads itself;
+- tensordict's ``_OutKeysSelect``, the forward hook ``select_out_keys`` installs on a loss.
 """
 
 from __future__ import annotations
 
 import torch
 from tensordict import TensorDictBase
+from tensordict.nn.common import _OutKeysSelect
 from torchrl.collectors import Collector
 from torchrl.envs import VecNormV2
 from torchrl.objectives import ClipPPOLoss
@@ -61,3 +63,8 @@ def vecnorm_statistics(normalizer: VecNormV2) -> tuple[TensorDictBase, TensorDic
     if normalizer._loc is None:
         return None
     return normalizer._count, normalizer._loc, normalizer._var
+
+
+def selects_out_keys(module: torch.nn.Module) -> bool:
+    """Whether ``select_out_keys`` narrows ``module``'s output (tensordict's forward hook)."""
+    return any(isinstance(hook, _OutKeysSelect) for hook in module._forward_hooks.values())

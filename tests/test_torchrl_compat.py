@@ -18,6 +18,7 @@ from diffrl.torchrl_compat import (
     ppo_clip_value_as_float,
     ppo_has_critic,
     ppo_normalized_advantage,
+    selects_out_keys,
     vecnorm_statistics,
 )
 
@@ -98,3 +99,10 @@ def test_vecnorm_statistics_are_the_running_moments_of_every_observation_seen():
     expected = (probe["observation"] - mean["observation"]) / scale
     normalized = normalizer.normalize(probe)["observation"]
     torch.testing.assert_close(normalized, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_out_key_selection_is_detected_on_a_torchrl_loss():
+    loss = ClipPPOLoss(GaussianActor(2, 3, [8]), make_value_network(3, [8]))
+    assert not selects_out_keys(loss)
+    loss.select_out_keys("loss_objective")
+    assert selects_out_keys(loss)

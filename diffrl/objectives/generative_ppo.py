@@ -19,9 +19,11 @@ class GenerativePPOLoss(ClipPPOLoss):
     :meth:`_policy_out_keys`. This class fetches (or computes) and normalizes the advantage, checks
     its shape, and adds the entropy bonus and the clipped value loss with its diagnostics, so every
     such loss reports the same ``loss_entropy``, ``loss_critic``, ``explained_variance`` and
-    ``value_clip_fraction`` as TorchRL's ``ClipPPOLoss``. ``out_keys`` can be set (or narrowed with
-    ``select_out_keys``) as on any TorchRL loss. Numerical checks go through :attr:`numerics` (at
-    once by default; once per iteration in the trainer).
+    ``value_clip_fraction`` as TorchRL's ``ClipPPOLoss``. ``out_keys`` can be set, and the output
+    narrowed with ``select_out_keys`` for calls on whole rollouts (the hook asks for every key in
+    ``in_keys``, the next step's among them), as on any TorchRL loss; the update rules refuse a
+    narrowed loss, since they optimize every ``loss_*`` term. Numerical checks go through
+    :attr:`numerics` (at once by default; once per iteration in the trainer).
 
     Args:
         actor_network: the generative actor.

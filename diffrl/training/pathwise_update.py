@@ -16,7 +16,7 @@ from diffrl.objectives.pathwise import PathwiseTrustRegionLoss
 from diffrl.training import distributed as parallel
 from diffrl.training.distributed import DistributedContext
 from diffrl.training.return_normalizer import DiscountedReturnNormalizer
-from diffrl.training.update_rule import UpdateRule, adam, share_deferred_numerics
+from diffrl.training.update_rule import UpdateRule, adam, require_whole_output, share_deferred_numerics
 
 
 class PathwiseUpdate(UpdateRule):
@@ -79,6 +79,7 @@ class PathwiseUpdate(UpdateRule):
                 f"PathwiseUpdate trains a pathwise loss (REPPOLoss, TruDiLoss), got {type(loss_module).__name__}; "
                 "likelihood-ratio losses use trainer=ppo"
             )
+        require_whole_output(loss_module)
         if num_epochs < 1 or num_minibatches < 1:
             raise ValueError(f"num_epochs and num_minibatches must be >= 1, got {num_epochs}, {num_minibatches}")
         critic_learning_rate = learning_rate if critic_learning_rate is None else critic_learning_rate

@@ -20,7 +20,7 @@ from diffrl.torchrl_compat import ppo_clip_value_as_float
 from diffrl.training import distributed as parallel
 from diffrl.training.actor_average import ActorAverage
 from diffrl.training.distributed import DistributedContext
-from diffrl.training.update_rule import UpdateRule, adam, share_deferred_numerics
+from diffrl.training.update_rule import UpdateRule, adam, require_whole_output, share_deferred_numerics
 
 
 class KLAdaptiveLearningRate:
@@ -145,6 +145,7 @@ class PPOUpdate(UpdateRule):
     ) -> None:
         if isinstance(loss_module, PathwiseTrustRegionLoss):
             raise TypeError(f"{type(loss_module).__name__} is a pathwise loss: train it with trainer=pathwise")
+        require_whole_output(loss_module)
         if num_epochs < 1 or num_minibatches < 1:
             raise ValueError(f"num_epochs and num_minibatches must be >= 1, got {num_epochs}, {num_minibatches}")
         if not learning_rate > 0:

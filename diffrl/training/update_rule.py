@@ -19,6 +19,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 
 from diffrl.numerics import NumericsMonitor
+from diffrl.torchrl_compat import selects_out_keys
 
 
 class UpdateRule(ABC):
@@ -92,3 +93,14 @@ def share_deferred_numerics(*modules: torch.nn.Module) -> NumericsMonitor:
         if isinstance(own, NumericsMonitor) and own.enabled:
             module.numerics = monitor
     return monitor
+
+
+def require_whole_output(loss_module: torch.nn.Module) -> None:
+    """An update rule optimizes the sum of every ``loss_*`` term its loss returns and reports the rest, so
+    a loss narrowed with ``select_out_keys`` would silently drop terms from the objective: refused."""
+    if selects_out_keys(loss_module):
+        raise ValueError(
+            f"{type(loss_module).__name__} has select_out_keys applied: an update rule optimizes every loss_* "
+            "term the loss returns, so a selection would drop terms from the objective; pass the loss whole "
+            "and choose what to log from the metrics"
+        )

@@ -15,6 +15,7 @@ from diffrl.modules.genpo_actor import GenPOActor
 from diffrl.modules.genpo_flow import GenPOFlow
 from diffrl.numerics import NumericalError
 from diffrl.objectives.genpo import GenPOLoss
+from diffrl.training import PPOUpdate
 
 D, OBS, BATCH = 2, 3, 64
 
@@ -200,6 +201,18 @@ def test_out_keys_can_be_set_and_narrowed():
     assert loss.out_keys == ["loss_objective", "kl_approx"]
     loss.out_keys = None  # back to the loss's own list
     assert "loss_compression" in loss.out_keys
+
+    batch = rollout_batch(actor)  # a whole rollout: select_out_keys's hook wants every in_key
+    ended = torch.zeros(BATCH, 1, dtype=torch.bool)
+    batch["next"] = TensorDict(
+        {"observation": batch["observation"], "reward": batch["value_target"], "done": ended, "terminated": ended},
+        batch_size=[BATCH],
+    )
+    assert {"loss_compression", "loss_critic"} <= set(loss(batch).keys())
+    loss.select_out_keys("loss_objective", "kl_approx")
+    assert set(loss(batch).keys()) == {"loss_objective", "kl_approx"}
+    with pytest.raises(ValueError, match="select_out_keys applied: an update rule optimizes every loss_"):
+        PPOUpdate(loss)
 
 
 def test_an_advantage_without_its_trailing_dimension_is_a_clear_error():
