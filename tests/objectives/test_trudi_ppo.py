@@ -95,6 +95,13 @@ def test_outputs_are_the_declared_scalars():
     assert all(value.shape == () for value in out.values())
 
 
+def projected_by_hand(mean: torch.Tensor, old_mean: torch.Tensor, sigma: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """The whole-chain projection at a fixed σ: each chain's mean step scaled by √(ε / KL) where its KL exceeds ε."""
+    chain_kl = ((mean - old_mean) ** 2 / (2 * sigma**2)).sum((-2, -1))
+    scale = torch.where(chain_kl > epsilon, (epsilon / chain_kl).sqrt(), torch.ones_like(chain_kl))
+    return old_mean + (mean - old_mean) * scale[:, None, None]
+
+
 def test_loss_terms_match_a_hand_computed_case():
     """θ moved away from θ_old, small ε: every term recomputed from the net, the schedule formulas and Normal."""
     epsilon, alpha = 0.2, 0.5
@@ -113,8 +120,7 @@ def test_loss_terms_match_a_hand_computed_case():
     chain_kl = step_kl.sum(-1)
     outside = chain_kl > epsilon
     assert outside.any() and (~outside).any(), "the case must exercise both branches"
-    scale = torch.where(outside, (epsilon / chain_kl).sqrt(), torch.ones_like(chain_kl))[:, None, None]
-    projected = old_mean + (mean - old_mean) * scale
+    projected = projected_by_hand(mean, old_mean, sigma, epsilon)
     log_projected = Normal(projected, sigma).log_prob(chain[:, 1:]).sum((-2, -1))
     log_ratio = log_projected - batch["action_log_prob"]
     ratio = log_ratio.exp().unsqueeze(-1)
@@ -149,10 +155,11 @@ def test_unclipped_surrogate_when_clip_epsilon_is_none():
     move_policy(actor)
     out = loss(batch)
     assert out["clip_fraction"].item() == 0.0
-    dist = actor.get_dist(batch)
-    mean = dist.step_means(batch["denoising_chain"]).mean
-    projected, std = loss.project(mean, dist.stds, batch["denoising_means"], batch["denoising_stds"])
-    log_p = Normal(projected, std).log_prob(batch["denoising_chain"][:, 1:]).sum((-2, -1))
+    with torch.no_grad():
+        mean, std = reference_steps(actor, batch["denoising_chain"], batch["observation"])
+    sigma = std[None, :, None]
+    projected = projected_by_hand(mean, batch["denoising_means"], sigma, 0.2)
+    log_p = Normal(projected, sigma).log_prob(batch["denoising_chain"][:, 1:]).sum((-2, -1))
     ratio = (log_p - batch["action_log_prob"]).exp().unsqueeze(-1)
     torch.testing.assert_close(out["loss_objective"], -(ratio * batch["advantage"]).mean(), rtol=0, atol=1e-10)
 
