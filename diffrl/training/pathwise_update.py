@@ -127,11 +127,13 @@ class PathwiseUpdate(UpdateRule):
     def update(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
         reward_scale = torch.ones((), device=batch.device)
         if self.reward_normalizer is not None:
-            gather = partial(parallel.all_gather_tensor, world_size=self.context.world_size)
+            gather = (
+                partial(parallel.all_gather_tensor, world_size=self.context.world_size)
+                if self.context.is_distributed
+                else None
+            )
             self.reward_normalizer.update(
-                batch["next", "reward"].squeeze(-1),
-                batch["next", "done"].squeeze(-1),
-                gather=gather if self.context.is_distributed else None,
+                batch["next", "reward"].squeeze(-1), batch["next", "done"].squeeze(-1), gather=gather
             )
             reward_scale = self.reward_normalizer.scale
         self.loss_module.value_estimator(batch, alpha=self.loss_module.alpha.detach(), reward_scale=reward_scale)

@@ -94,13 +94,13 @@ class DiscountedReturnNormalizer(nn.Module):
                 returns.abs().max(),
             ]
         )
-        for batch_count, batch_mean, batch_squares, batch_max in moments[None] if gather is None else gather(moments):
-            total = self.count + batch_count
-            delta = batch_mean - self.mean
-            self.sum_of_squares.add_(batch_squares + delta.pow(2) * self.count * batch_count / total)
-            self.mean.add_(delta * batch_count / total)
+        for rank_count, rank_mean, rank_squares, rank_max in moments[None] if gather is None else gather(moments):
+            total = self.count + rank_count
+            delta = rank_mean - self.mean
+            self.sum_of_squares.add_(rank_squares + delta.pow(2) * self.count * rank_count / total)
+            self.mean.add_(delta * rank_count / total)
             self.count.copy_(total)
-            self.max_abs.copy_(torch.maximum(self.max_abs, batch_max))
+            self.max_abs.copy_(torch.maximum(self.max_abs, rank_max))
 
     @property
     def scale(self) -> torch.Tensor:
