@@ -140,12 +140,14 @@ def test_an_unreachable_tracking_server_is_one_line_before_the_env_is_built(tmp_
     ("override", "message"),
     [
         ("resume={tmp}/nowhere/checkpoints/checkpoint-000000000001", "resume={tmp}/nowhere/checkpoints/"),
+        ("resume={tmp}/notes", "resume={tmp}/notes: not a TorchRL checkpoint"),  # exists, no checkpoint
         ("hydra.run.dir=/proc/diffrl-run", "hydra.run.dir=/proc/diffrl-run: cannot be created"),
         ("checkpoint.every=0", "checkpoint.every=0: must be a positive integer"),
     ],
 )
 def test_a_bad_path_or_count_is_one_line_and_leaves_no_directory(tmp_path, override, message):
     run_dir = tmp_path / "run"
+    (tmp_path / "notes").mkdir()
     override, message = override.format(tmp=tmp_path), message.format(tmp=tmp_path)
     output = refused([sys.executable, *recipe_command(run_dir, override)])
     assert message in output
