@@ -117,8 +117,8 @@ def _read_policy_file(path: Path) -> dict[str, Any]:
     return saved
 
 
-def _load_policy_file(path: Path, saved: dict[str, Any] | None = None) -> LoadedPolicy:
-    saved = _read_policy_file(path) if saved is None else saved
+def _policy_from_file(path: Path, saved: dict[str, Any]) -> LoadedPolicy:
+    """The policy of ``saved``, what :func:`_read_policy_file` read from ``path``."""
     run_dir = path.parent if RunDirectory(path.parent).run_info.exists() else None
     dims = (saved["obs_dim"], saved["action_dim"])
     return _rebuild(saved["actor"], saved.get("observation_normalizer"), saved["config"], path, run_dir, dims)
@@ -196,7 +196,7 @@ def load_policy(path: str | os.PathLike) -> LoadedPolicy:
     if not path.exists():
         raise ValueError(f"{path} does not exist")
     if path.is_file():
-        return _load_policy_file(path)
+        return _policy_from_file(path, _read_policy_file(path))
     layout = RunDirectory(path)
     if layout.policy.is_file():
         saved = _read_policy_file(layout.policy)
@@ -211,7 +211,7 @@ def load_policy(path: str | os.PathLike) -> LoadedPolicy:
                 latest.name,
             )
             return _load_checkpoint(latest)
-        return _load_policy_file(layout.policy, saved)
+        return _policy_from_file(layout.policy, saved)
     if layout.checkpoints.is_dir():
         latest = layout.latest_checkpoint()
         if latest is None:
