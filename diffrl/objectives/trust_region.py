@@ -7,9 +7,14 @@ steps and dimensions (the last two axes):
 
 .. math:: m = \sum_{k} \mathrm{KL}\big(N(μ_k, σ_k^2) \,\|\, N(μ^{old}_k, (σ^{old}_k)^2)\big).
 
-Why the sum: two chains that share the prior x_K ~ N(0, I) and factor as Markov chains have,
-by the chain rule of KL, KL(p(x_{0:K}) ‖ p_old(x_{0:K})) = Σ_k E_{x_k∼p}[KL(p(·|x_k) ‖ p_old(·|x_k))];
-at the stored x_k of one chain, the sum of the per-step KLs is that quantity's one-sample value.
+Why the sum: the chain's steps are the states of a K-step decision process, and m sums the
+per-state KL over them, the quantity TRPO and Otto et al. bound at each environment state. Two
+Markov chains that share the prior x_K ~ N(0, I) have, by the chain rule of KL,
+KL(p_old(x_{0:K}) ‖ p(x_{0:K})) = Σ_k E_{x_k∼p_old}[KL(p_old(·|x_k) ‖ p(·|x_k))]. At the x_k of a chain
+drawn from the old policy, m is a one-sample value of that whole-chain KL when the stds are fixed and
+equal (each step's KL is then symmetric). With learned stds the per-step KLs point the other way,
+so m estimates neither whole-chain KL exactly; it agrees with both to second order in the change of
+the policy.
 
 The projection returns, per state, the point π̃ closest to the network's π in the same KL
 metric among those with trajectory KL to the old policy at most ε,

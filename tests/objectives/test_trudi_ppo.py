@@ -9,7 +9,7 @@ import torch
 from reference_math import cosine_alphas_cumprod
 from tensordict import TensorDict
 from torch import nn
-from torch.distributions import Normal
+from torch.distributions import Normal, kl_divergence
 from torchrl.modules import ValueOperator
 
 from diffrl.modules.denoising_chain import DenoisingChain
@@ -147,6 +147,38 @@ def test_loss_terms_match_a_hand_computed_case():
     target = batch["value_target"]
     expected_critic = torch.maximum((value - target) ** 2, (clipped - target) ** 2).mean()
     torch.testing.assert_close(out["loss_critic"], expected_critic, rtol=0, atol=1e-10)
+
+
+def test_chain_kl_with_learned_stds_is_the_new_steps_kl_from_the_old_at_the_stored_chain():
+    """``chain_kl`` = mean over states of Σ_k KL(π_θ,k ‖ π_old,k) at the rollout's x_k, by torch's Normal KL.
+
+    With learned stds the per-step KL is not symmetric: the reverse direction is computed too, to show the test
+    would see the arguments swapped.
+    """
+    epsilon = 0.2
+    actor, _, loss = build(learn_std=True, trust_region_kl=epsilon)
+    batch = rollout_batch(actor)
+    chain, obs = batch["denoising_chain"], batch["observation"]
+    with torch.no_grad():
+        move_policy(actor)
+        actor.chain.log_std_offset.add_(0.05 * torch.randn(actor.chain.log_std_offset.shape, dtype=torch.float64))
+        mean, _ = reference_steps(actor, chain, obs)
+        std = MIN_STD + actor.chain.log_std_offset.exp()  # [K, d]
+    out = loss(batch)
+
+    new, old = Normal(mean, std), Normal(batch["denoising_means"], batch["denoising_stds"])
+    step_kl = kl_divergence(new, old).sum(-1)  # [B, K]
+    chain_kl = step_kl.sum(-1)
+    reverse = kl_divergence(old, new).sum((-2, -1))
+    assert (chain_kl - reverse).abs().mean() > 1e-3, "the directions must differ far beyond the tolerance"
+    outside = chain_kl > epsilon
+    assert outside.any() and (~outside).any(), "the case must exercise both branches"
+    torch.testing.assert_close(out["chain_kl"], chain_kl.mean(), rtol=0, atol=1e-10)
+    torch.testing.assert_close(out["projected_fraction"], outside.float().mean(), rtol=0, atol=0)
+    for row in range(K):
+        torch.testing.assert_close(out[f"step_kl_{K - row}"], step_kl[:, row].mean(), rtol=0, atol=1e-10)
+    # The projection meets the budget on the states outside it and is the identity inside.
+    torch.testing.assert_close(out["chain_kl_projected"], chain_kl.clamp(max=epsilon).mean(), rtol=1e-6, atol=0)
 
 
 def test_unclipped_surrogate_when_clip_epsilon_is_none():
