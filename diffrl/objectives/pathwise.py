@@ -123,7 +123,7 @@ class PathwiseTrustRegionLoss(LossModule):
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_alpha), device=device))
         self.log_lagrange_multiplier = nn.Parameter(torch.tensor(math.log(init_lagrange_multiplier), device=device))
         self.numerics = NumericsMonitor("immediate")
-        self.set_keys(observation=actor_network.observation_key)
+        self.set_keys(observation=actor_network.observation_key, action=actor_network.action_key)
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         if self._value_estimator is not None:

@@ -152,6 +152,16 @@ def test_set_keys_reads_another_observation_key():
     assert torch.isfinite(loss(td)["loss_actor"])
 
 
+def test_the_loss_reads_the_keys_the_actor_was_built_with():
+    torch.manual_seed(0)
+    actor = DIMEActor(ACTION_DIM, OBS_DIM, num_steps=2, hidden_sizes=[8], observation_key="obs", action_key="act")
+    loss = TruDiLoss(actor, HLGaussQValue(OBS_DIM, ACTION_DIM, hidden_sizes=[8], num_bins=11, v_min=-2, v_max=2))
+    assert (loss.tensor_keys.observation, loss.tensor_keys.action) == ("obs", "act")
+    data = batch().rename_key_("observation", "obs").rename_key_("action", "act")
+    assert torch.isfinite(loss.critic_loss(data)["loss_critic"])
+    assert torch.isfinite(loss(data)["loss_actor"])
+
+
 def test_bad_arguments_are_clear_errors():
     actor = SquashedGaussianActor(ACTION_DIM, OBS_DIM, hidden_sizes=[8])
     critic = HLGaussQValue(OBS_DIM, ACTION_DIM, hidden_sizes=[8], num_bins=11, aux_head=False)
