@@ -57,7 +57,9 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("diffrl_run_dir"):
         OmegaConf.register_new_resolver(
             "diffrl_run_dir",
-            lambda resume, default: str(RunDirectory.of_checkpoint(resume).root) if resume else default,
+            lambda resume, default: (
+                str(RunDirectory.of_checkpoint(checkpoint_to_resume(resume)).root) if resume else default
+            ),
         )
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torchrl.checkpoint import Checkpoint
 
 from diffrl.training.run_directory import RunDirectory, checkpoint_to_resume
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_resume_takes_a_checkpoint_or_a_run_directorys_latest_one(tmp_path):
@@ -28,3 +32,19 @@ def test_what_resume_cannot_continue_is_a_clear_error(tmp_path):
     (tmp_path / "notes").mkdir()
     with pytest.raises(ValueError, match=r"notes: not a TorchRL checkpoint \(no readable manifest\); name a run"):
         checkpoint_to_resume(tmp_path / "notes")
+
+
+@pytest.mark.parametrize("names", ["the run directory", "a checkpoint"])
+def test_a_resumed_recipe_runs_in_the_run_directory_it_resumes(tmp_path, names):
+    """Hydra's run directory (where its log goes and the stop message looks) is the resumed run's own."""
+    from hydra import compose, initialize_config_dir
+
+    from diffrl.training.recipe import register_configs
+
+    run = RunDirectory(tmp_path / "run")
+    Checkpoint(model=torch.nn.Linear(2, 1)).save(run.checkpoint(3))
+    resume = run.root if names == "the run directory" else run.checkpoint(3)
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "recipes" / "config"), version_base=None):
+        cfg = compose("genpo_isaaclab", overrides=[f"resume={resume}"], return_hydra_config=True)
+    assert Path(cfg.hydra.run.dir) == run.root.resolve()
