@@ -30,6 +30,7 @@ from diffrl.training.run_directory import RunDirectory, checkpoint_to_resume
 from diffrl.training.run_lock import RunLock
 from diffrl.training.run_state import TrainingProgress
 from diffrl.training.tracking import MLflowTracker, default_tracking_uri, require_tracking_server
+from diffrl.training.update_rule import minibatch_size
 
 logger = logging.getLogger("diffrl.training")
 
@@ -54,12 +55,34 @@ def _check_device(device: str) -> None:
         raise ValueError(f"env.device={device!r} but no CUDA device is available here; use env.device=cpu")
 
 
+_POSITIVE_COUNTS = (
+    "env.num_envs",
+    "collector.steps_per_env",
+    "collector.total_frames",
+    "checkpoint.every",
+    "checkpoint.keep",
+    "trainer.num_epochs",
+    "trainer.num_minibatches",
+)
+
+
 def _check_counts(cfg: DictConfig) -> None:
-    """The counts a run needs are positive integers: one line naming the setting, before anything is built."""
-    for key in ("collector.steps_per_env", "collector.total_frames", "checkpoint.every", "checkpoint.keep"):
+    """The numbers a run needs are integers of the right sign, and a rollout holds at least one sample per
+    minibatch: one line naming the setting, before anything is built."""
+
+    def integer(key: str) -> Any:
         value = OmegaConf.select(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key}={value!r}: must be a positive integer")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    for key in _POSITIVE_COUNTS:
+        value = integer(key)
+        if value is None or value < 1:
+            raise ValueError(f"{key}={OmegaConf.select(cfg, key)!r}: must be a positive integer")
+    if integer("seed") is None:
+        raise ValueError(f"seed={cfg.seed!r}: must be an integer")
+    if cfg.torch_threads is not None and (integer("torch_threads") is None or cfg.torch_threads < 1):
+        raise ValueError(f"torch_threads={cfg.torch_threads!r}: must be a positive integer or null")
+    minibatch_size(cfg.env.num_envs * cfg.collector.steps_per_env, cfg.trainer.num_minibatches)
 
 
 class StopRequested(KeyboardInterrupt):
@@ -98,8 +121,6 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
         if info_path.exists():
             run_info = json.loads(info_path.read_text())
     if cfg.torch_threads is not None:
-        if cfg.torch_threads < 1:
-            raise ValueError(f"torch_threads must be >= 1 or null, got {cfg.torch_threads}")
         torch.set_num_threads(cfg.torch_threads)
     if context.is_main and (cfg.logger.tracking_uri or run_info.get("tracking_uri")):
         require_tracking_server(cfg.logger.tracking_uri or run_info["tracking_uri"])

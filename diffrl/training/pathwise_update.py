@@ -16,7 +16,13 @@ from diffrl.objectives.pathwise import PathwiseTrustRegionLoss
 from diffrl.training import distributed as parallel
 from diffrl.training.distributed import DistributedContext
 from diffrl.training.return_normalizer import DiscountedReturnNormalizer
-from diffrl.training.update_rule import UpdateRule, adam, require_whole_output, share_deferred_numerics
+from diffrl.training.update_rule import (
+    UpdateRule,
+    adam,
+    require_whole_output,
+    share_deferred_numerics,
+    shuffled_minibatches,
+)
 
 
 class PathwiseUpdate(UpdateRule):
@@ -141,13 +147,8 @@ class PathwiseUpdate(UpdateRule):
         sums: dict[str, torch.Tensor] = {}
         zero = torch.zeros((), device=flat.device)
         critic_norm_sum, actor_norm_sum = zero.clone(), zero.clone()
-        minibatch_size = flat.numel() // self.num_minibatches
-        if minibatch_size < 1:
-            raise ValueError(f"num_minibatches={self.num_minibatches} exceeds the rollout's {flat.numel()} samples")
         for _ in range(self.num_epochs):
-            order = torch.randperm(flat.numel(), device=flat.device)
-            for index in range(self.num_minibatches):
-                minibatch = flat[order[index * minibatch_size : (index + 1) * minibatch_size]]
+            for minibatch in shuffled_minibatches(flat, self.num_minibatches):
                 critic_out = self.loss_module.critic_loss(minibatch)
                 critic_norm_sum += self._step(critic_out, self.critic_optimizer, self.critic_parameters)
                 actor_out = self.loss_module.actor_loss(minibatch)

@@ -20,7 +20,13 @@ from diffrl.torchrl_compat import ppo_clip_value_as_float
 from diffrl.training import distributed as parallel
 from diffrl.training.actor_average import ActorAverage
 from diffrl.training.distributed import DistributedContext
-from diffrl.training.update_rule import UpdateRule, adam, require_whole_output, share_deferred_numerics
+from diffrl.training.update_rule import (
+    UpdateRule,
+    adam,
+    require_whole_output,
+    share_deferred_numerics,
+    shuffled_minibatches,
+)
 
 
 class KLAdaptiveLearningRate:
@@ -207,11 +213,8 @@ class PPOUpdate(UpdateRule):
         parameters = list(self.loss_module.parameters())
         sums: dict[str, torch.Tensor] = {}
         grad_norm_sum = torch.zeros((), device=flat.device)
-        minibatch_size = flat.numel() // self.num_minibatches
         for _ in range(self.num_epochs):
-            order = torch.randperm(flat.numel(), device=flat.device)
-            for index in range(self.num_minibatches):
-                minibatch = flat[order[index * minibatch_size : (index + 1) * minibatch_size]]
+            for minibatch in shuffled_minibatches(flat, self.num_minibatches):
                 out = self.loss_module(minibatch)
                 if self.lr_rule is not None:
                     kl = out["kl_approx"].detach()

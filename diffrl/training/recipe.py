@@ -15,6 +15,7 @@ from typing import Any
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from diffrl.training.distributed import DistributedContext
@@ -69,8 +70,12 @@ def run_from_hydra(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         result = run_experiment(cfg, run_dir)
-    except ValueError as error:
-        logger.error("%s", error)
+    except (ValueError, InstantiationException) as error:
+        # A module's constructor refusing its arguments reaches here wrapped by Hydra's instantiate.
+        cause = error.__cause__ if isinstance(error, InstantiationException) else error
+        if not isinstance(cause, ValueError):
+            raise
+        logger.error("%s", cause)
         _discard_unstarted_run_directory(Path(run_dir), f"{HydraConfig.get().job.name}.log")
         sys.exit(2)
     except KeyboardInterrupt as interrupt:
@@ -95,9 +100,9 @@ def run_from_hydra(cfg: DictConfig) -> None:
 
 
 def _discard_unstarted_run_directory(run_dir: Path, hydra_log: str) -> None:
-    """Remove the directory Hydra made for a run refused before it started: it holds Hydra's log alone
-    (a run that got as far as locking its directory, or another run's directory, holds more)."""
-    if run_dir.is_dir() and {path.name for path in run_dir.iterdir()} <= {hydra_log}:
+    """Remove the directory Hydra made for a run refused before it started: it holds Hydra's log and at
+    most the (released) run lock; a run that started tracking, or another run's directory, holds more."""
+    if run_dir.is_dir() and {path.name for path in run_dir.iterdir()} <= {hydra_log, RunDirectory(run_dir).lock.name}:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

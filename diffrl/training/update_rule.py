@@ -12,6 +12,7 @@ Two families share the loop (``docs/training.md``):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -104,3 +105,28 @@ def require_whole_output(loss_module: torch.nn.Module) -> None:
             "term the loss returns, so a selection would drop terms from the objective; pass the loss whole "
             "and choose what to log from the metrics"
         )
+
+
+def minibatch_size(num_samples: int, num_minibatches: int) -> int:
+    """The size of each of ``num_minibatches`` equal minibatches of ``num_samples``; fewer samples than
+    minibatches is a :class:`ValueError` (a recipe checks its config with it before building anything).
+
+    Example:
+        >>> minibatch_size(4096 * 24, 4)
+        24576
+    """
+    size = num_samples // num_minibatches
+    if size < 1:
+        raise ValueError(
+            f"num_minibatches={num_minibatches} exceeds the rollout's {num_samples} samples (num_envs × steps_per_env)"
+        )
+    return size
+
+
+def shuffled_minibatches(flat: TensorDictBase, num_minibatches: int) -> Iterator[TensorDictBase]:
+    """One epoch over a flat batch: ``num_minibatches`` disjoint minibatches of equal size in a fresh
+    random order (the remainder of an uneven split sits out that epoch)."""
+    size = minibatch_size(flat.numel(), num_minibatches)
+    order = torch.randperm(flat.numel(), device=flat.device)
+    for index in range(num_minibatches):
+        yield flat[order[index * size : (index + 1) * size]]

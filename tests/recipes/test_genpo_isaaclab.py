@@ -35,8 +35,8 @@ def metric_values(client: MlflowClient, run_id: str, key: str) -> list[tuple[int
     ("override", "message"),
     [
         ("env.taks=Isaac-Ant", "Could not override 'env.taks'"),
-        ("env.num_envs=0", "env.num_envs must be an integer >= 1"),
-        ("torch_threads=0", "torch_threads must be >= 1"),
+        ("env.num_envs=0", "env.num_envs=0: must be a positive integer"),
+        ("torch_threads=0", "torch_threads=0: must be a positive integer or null"),
         ("env.device=tpu", "is not a torch device"),
         ("env.device=cuda:0", "no CUDA device is available"),
         ("resume=/nonexistent/checkpoint", "no such checkpoint"),

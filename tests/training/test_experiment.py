@@ -143,6 +143,11 @@ def test_an_unreachable_tracking_server_is_one_line_before_the_env_is_built(tmp_
         ("resume={tmp}/notes", "resume={tmp}/notes: not a TorchRL checkpoint"),  # exists, no checkpoint
         ("hydra.run.dir=/proc/diffrl-run", "hydra.run.dir=/proc/diffrl-run: cannot be created"),
         ("checkpoint.every=0", "checkpoint.every=0: must be a positive integer"),
+        ("env.num_envs=abc", "env.num_envs='abc': must be a positive integer"),
+        ("seed=abc", "seed='abc': must be an integer"),
+        ("seed=1.5", "seed=1.5: must be an integer"),
+        ("torch_threads=abc", "torch_threads='abc': must be a positive integer or null"),
+        ("trainer.num_minibatches=100", "num_minibatches=100 exceeds the rollout's 64 samples"),
     ],
 )
 def test_a_bad_path_or_count_is_one_line_and_leaves_no_directory(tmp_path, override, message):
@@ -154,6 +159,15 @@ def test_a_bad_path_or_count_is_one_line_and_leaves_no_directory(tmp_path, overr
     assert "sync copies" not in output, "the env was built before the setting was checked"
     assert not (tmp_path / "nowhere").exists()
     assert not run_dir.exists(), "a run refused before it started leaves no directory (Hydra's own removed)"
+
+
+@pytest.mark.slow
+def test_a_module_refusing_its_config_is_one_line_and_leaves_no_directory(tmp_path):
+    """The ValueError of a constructor Hydra instantiates (after the env and the run lock) is reported as
+    such, not as Hydra's InstantiationException traceback."""
+    output = refused([sys.executable, *recipe_command(tmp_path / "run", "algorithm.actor.flow.num_steps=0")])
+    assert "GenPO needs at least one flow step, got num_steps=0" in output
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -1,11 +1,12 @@
-"""diffrl/training/update_rule.py: the shared Adam factory of both update families."""
+"""diffrl/training/update_rule.py: the shared Adam factory and minibatch split of both update families."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from tensordict import TensorDict
 
-from diffrl.training.update_rule import adam
+from diffrl.training.update_rule import adam, shuffled_minibatches
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
@@ -37,3 +38,12 @@ def test_the_fused_cpu_step_follows_in_place_rate_changes_like_the_per_parameter
         # 1.05^40 ≈ 7 times the initial rate by the end: far outside the tolerance above.
         assert (ours - unchanged).abs().max() > 1e-2
     assert isinstance(adam(trained, 1e-2, weight_decay=weight_decay), optimizer_class)
+
+
+def test_an_epoch_is_disjoint_equal_minibatches_and_too_many_is_a_clear_error():
+    flat = TensorDict({"index": torch.arange(10)}, batch_size=[10])
+    minibatches = [minibatch["index"] for minibatch in shuffled_minibatches(flat, 3)]
+    assert [len(minibatch) for minibatch in minibatches] == [3, 3, 3]  # 10 // 3; one sample sits out
+    assert len(set(torch.cat(minibatches).tolist())) == 9
+    with pytest.raises(ValueError, match=r"num_minibatches=11 exceeds the rollout's 10 samples"):
+        next(shuffled_minibatches(flat, 11))
