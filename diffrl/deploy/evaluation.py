@@ -37,8 +37,10 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from diffrl.deploy.policy_loading import LoadedPolicy, download_policy, load_policy
-from diffrl.deploy.tracking import child_run, source_run
+from diffrl.deploy.tracking import child_run
 from diffrl.training.experiment import make_env
+from diffrl.training.run_directory import RunDirectory
+from diffrl.training.tracking import recorded_run
 
 logger = logging.getLogger("diffrl.deploy")
 
@@ -299,7 +301,7 @@ def run_evaluation(
         parent = (tracking_uri, mlflow_run)
     else:
         policy = load_policy(source)
-        parent = source_run(policy.run_dir) if policy.run_dir is not None else None
+        parent = recorded_run(RunDirectory(policy.run_dir)) if policy.run_dir is not None else None
     env_cfg = dict(policy.config["env"], num_envs=episodes)
     if device is not None:
         env_cfg["device"] = device
@@ -365,11 +367,13 @@ def run_evaluation(
         output_dir=os.fspath(output_dir),
         seed=seed,
     )
+    report_path = output_dir / "evaluation.json"
+    report_path.write_text(json.dumps(report.as_dict(), indent=2))  # before MLflow: its failure loses no result
     if log_to_mlflow and parent is not None:
         _log_to_mlflow(parent, report, episodes=episodes, seed=seed)
+        report_path.write_text(json.dumps(report.as_dict(), indent=2))  # with the MLflow run's id
     elif log_to_mlflow:
         logger.warning("%s has no run.json: the evaluation is not logged to MLflow", policy.source)
-    (output_dir / "evaluation.json").write_text(json.dumps(report.as_dict(), indent=2))
     return report
 
 

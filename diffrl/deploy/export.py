@@ -48,9 +48,10 @@ import torch
 from torch import nn
 
 from diffrl.deploy.policy_loading import LoadedPolicy, load_policy
-from diffrl.deploy.tracking import child_run, source_run
+from diffrl.deploy.tracking import child_run
 from diffrl.modules.generative_policy import ExportableActor
 from diffrl.training.run_directory import RunDirectory
+from diffrl.training.tracking import recorded_run
 
 logger = logging.getLogger("diffrl.deploy")
 
@@ -287,7 +288,7 @@ def export_policy(
     contract_path.write_text(json.dumps(contract, indent=2))
 
     run_id = None
-    parent = source_run(loaded.run_dir) if log_to_mlflow and loaded.run_dir is not None else None
+    parent = recorded_run(RunDirectory(loaded.run_dir)) if log_to_mlflow and loaded.run_dir is not None else None
     if parent is not None:
         run_id = _log_to_mlflow(parent, files, contract_path, policy)
     return ExportResult(files, contract, contract_path, run_id)

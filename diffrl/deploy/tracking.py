@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 
-from diffrl.training.run_directory import RunDirectory
-
 logger = logging.getLogger("diffrl.deploy")
-
-
-def source_run(run_dir: str | Path) -> tuple[str, str] | None:
-    """``(tracking_uri, run_id)`` of the training run a run directory's ``run.json`` names, or ``None``."""
-    info_path = RunDirectory(run_dir).run_info
-    if not info_path.exists():
-        return None
-    info = json.loads(info_path.read_text())
-    return info["tracking_uri"], info["mlflow_run_id"]
 
 
 @contextmanager
@@ -39,7 +26,7 @@ def child_run(tracking_uri: str, parent_run_id: str, kind: str) -> Iterator[mlfl
 
     .. code-block:: python
 
-        tracking_uri, run_id = source_run("runs/genpo/Isaac-Cartpole/<date>")
+        tracking_uri, run_id = recorded_run(RunDirectory("runs/genpo/Isaac-Cartpole/<date>"))
         with child_run(tracking_uri, run_id, "evaluation"):
             mlflow.log_metric("deterministic/return_mean", 4.8)
     """

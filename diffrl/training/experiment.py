@@ -7,7 +7,6 @@ script can call it with any ``DictConfig`` of the same layout (see ``recipes/con
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
 import signal
@@ -29,7 +28,13 @@ from diffrl.training.on_policy import OnPolicyTrainer
 from diffrl.training.run_directory import RunDirectory, checkpoint_to_resume
 from diffrl.training.run_lock import RunLock
 from diffrl.training.run_state import TrainingProgress
-from diffrl.training.tracking import MLflowTracker, default_tracking_uri, require_tracking_server
+from diffrl.training.tracking import (
+    MLflowTracker,
+    default_tracking_uri,
+    recorded_run,
+    require_tracking_server,
+    write_run_info,
+)
 from diffrl.training.update_rule import minibatch_size
 
 logger = logging.getLogger("diffrl.training")
@@ -114,16 +119,14 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
     context = init_distributed(cfg.env.device)
     run_dir = Path(broadcast_object(str(run_dir)) if context.is_distributed else run_dir)
     resume = checkpoint_to_resume(cfg.resume) if cfg.resume else None
-    run_info: dict[str, str] = {}
     if resume is not None:
         run_dir = RunDirectory.of_checkpoint(resume).root
-        info_path = RunDirectory(run_dir).run_info
-        if info_path.exists():
-            run_info = json.loads(info_path.read_text())
+    # The MLflow run a resumed run continues (rank 0 tracks alone).
+    recorded = recorded_run(RunDirectory(run_dir)) if resume is not None and context.is_main else None
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
-    if context.is_main and (cfg.logger.tracking_uri or run_info.get("tracking_uri")):
-        require_tracking_server(cfg.logger.tracking_uri or run_info["tracking_uri"])
+    if context.is_main and (cfg.logger.tracking_uri or recorded is not None):
+        require_tracking_server(cfg.logger.tracking_uri or recorded[0])
     # Rank 0 owns the directory for the run's life; a fresh run refuses another run's files.
     lock = RunLock(RunDirectory(run_dir), resuming=resume is not None).acquire() if context.is_main else None
     try:
@@ -131,7 +134,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
         seed_everything(cfg.seed)
         env = make_env(cfg.env, cfg.seed + context.rank, device=context.device(cfg.env.device))
         try:  # a bad checkpoint or module config must not leave the (process-wide) simulation open
-            return _train(cfg, env, run_dir, resume, run_info, context)
+            return _train(cfg, env, run_dir, resume, recorded, context)
         finally:
             env.close()
     finally:
@@ -151,7 +154,7 @@ def _train(
     env: EnvBase,
     run_dir: Path,
     resume: Path | None,
-    run_info: dict[str, str],
+    recorded: tuple[str, str] | None,
     context: DistributedContext,
 ) -> RunResult:
     observation_key = cfg.env.observation_key
@@ -190,7 +193,7 @@ def _train(
     )
     if resume is not None:
         trainer.load_checkpoint(resume)
-    tracker = _start_tracking(cfg, env, run_dir, resume, run_info, trainer.progress) if context.is_main else None
+    tracker = _start_tracking(cfg, env, run_dir, resume, recorded, trainer.progress) if context.is_main else None
     if tracker is not None:
         trainer.on_metrics = tracker.log_metrics
 
@@ -235,23 +238,24 @@ def _start_tracking(
     env: EnvBase,
     run_dir: Path,
     resume: Path | None,
-    run_info: dict[str, str],
+    recorded: tuple[str, str] | None,
     progress: TrainingProgress,
 ) -> MLflowTracker:
     """Open (or, on resume, reopen) the run's MLflow run and record the config; rank 0 only."""
     layout = RunDirectory(run_dir)
-    tracking_uri = cfg.logger.tracking_uri or run_info.get("tracking_uri") or default_tracking_uri(run_dir)
+    recorded_uri, recorded_run_id = recorded if recorded is not None else (None, None)
+    tracking_uri = cfg.logger.tracking_uri or recorded_uri or default_tracking_uri(run_dir)
     tracker = MLflowTracker(
         tracking_uri,
         experiment=cfg.logger.experiment,
         run_name=f"{cfg.algorithm.name}-{cfg.env.task}-seed{cfg.seed}",
-        run_id=run_info.get("mlflow_run_id") if resume is not None else None,
+        run_id=recorded_run_id,
         artifact_location=artifact_location(cfg.logger.artifact_root, tracking_uri, layout),
         buffer_path=layout.metrics_buffer,
         fallback_uri=default_tracking_uri(run_dir) if cfg.logger.tracking_uri else None,
         resume_iteration=progress.iteration if resume is not None else None,
     )
-    layout.run_info.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": tracking_uri}))
+    write_run_info(layout, tracker.run_id, tracking_uri)
     config_path = layout.config
     config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     assets = getattr(env, "isaaclab_assets", None)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking._tracking_service import utils as mlflow_tracking_utils
 
 from diffrl.training.run_directory import RunDirectory
 
@@ -93,6 +95,86 @@ def require_tracking_server(tracking_uri: str, timeout: float = 15.0) -> None:
 def default_tracking_uri(run_dir: str | Path) -> str:
     """An embedded sqlite store inside the run directory (MLflow 3 refuses plain file stores)."""
     return f"sqlite:///{RunDirectory(run_dir).mlflow_db.resolve()}"
+
+
+# The columns in which MLflow's sqlite store keeps absolute artifact paths.
+_ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+)
+
+
+def write_run_info(layout: RunDirectory, run_id: str, tracking_uri: str) -> None:
+    """Record the run's MLflow run and store in ``run.json`` (atomically), with the directory it was written
+    in, so that a moved or copied run directory is recognized (:func:`recorded_run`)."""
+    info = {"mlflow_run_id": run_id, "tracking_uri": tracking_uri, "run_dir": str(layout.root.resolve())}
+    partial = layout.run_info.with_name(f".{layout.run_info.name}.partial")
+    partial.write_text(json.dumps(info))
+    partial.replace(layout.run_info)
+
+
+def recorded_run(layout: RunDirectory) -> tuple[str, str] | None:
+    """``(tracking_uri, mlflow_run_id)`` of the training run ``run.json`` records (``None`` without one).
+
+    A run tracked into its directory's own store (the default) stays self-contained when the directory
+    is moved or copied: the store used is the one the directory now holds, and the absolute artifact
+    paths MLflow keeps inside it are rewritten from the old location to the new one (that store belongs
+    to this directory alone; a copy leaves the original's untouched). A run tracked elsewhere keeps its
+    store. ``run.json`` files from before the ``run_dir`` entry are read by where their store sat.
+    """
+    if not layout.run_info.exists():
+        return None
+    try:
+        info = json.loads(layout.run_info.read_text())
+        tracking_uri, run_id = info["tracking_uri"], info["mlflow_run_id"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{layout.run_info}: unreadable ({error}); it names the run's MLflow run and store") from error
+    old_root = _own_store_root(info, layout)
+    if old_root is None or old_root == layout.root.resolve():
+        return tracking_uri, run_id
+    _relocate_artifact_paths(layout, old_root)
+    # MLflow caches a run's artifact location per process by run id alone: a run this process logged to
+    # before the move would keep writing to the old place.
+    getattr(mlflow_tracking_utils, "_artifact_repos_cache", {}).pop(run_id, None)
+    tracking_uri = default_tracking_uri(layout.root)
+    write_run_info(layout, run_id, tracking_uri)
+    logger.info("run directory moved or copied from %s: its MLflow store now points at %s", old_root, layout.root)
+    return tracking_uri, run_id
+
+
+def _own_store_root(info: dict[str, Any], layout: RunDirectory) -> Path | None:
+    """Where the run directory was when it wrote ``info``, if its run is tracked into its own store."""
+    if "run_dir" in info:
+        root = Path(info["run_dir"])
+        return root if info["tracking_uri"] == default_tracking_uri(root) else None
+    # Older run.json: the store sat at <root>/mlflow.db, and <root> is gone (moved) or the same run's (copied).
+    prefix = "sqlite:///"
+    if not info["tracking_uri"].startswith(prefix) or not layout.mlflow_db.exists():
+        return None
+    store = Path(info["tracking_uri"].removeprefix(prefix))
+    root = store.parent
+    if store.name != layout.mlflow_db.name:
+        return None
+    original = RunDirectory(root).run_info
+    if not root.exists() or (
+        original.exists() and json.loads(original.read_text()).get("mlflow_run_id") == info["mlflow_run_id"]
+    ):
+        return root
+    return None
+
+
+def _relocate_artifact_paths(layout: RunDirectory, old_root: Path) -> None:
+    old, new = (RunDirectory(old_root).mlflow_artifacts.as_uri(), layout.mlflow_artifacts.resolve().as_uri())
+    with contextlib.closing(sqlite3.connect(layout.mlflow_db)) as store, store:
+        tables = {name for (name,) in store.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, column in _ARTIFACT_COLUMNS:
+            if table in tables:
+                store.execute(  # the directory itself or a path inside it, not a sibling sharing the prefix
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                    f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                    (new, len(old) + 1, old, len(old) + 1, f"{old}/"),
+                )
 
 
 class MLflowTracker:

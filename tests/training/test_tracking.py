@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +16,15 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from diffrl.training.tracking import MLflowTracker, require_tracking_server
+from diffrl.training.experiment import artifact_location
+from diffrl.training.run_directory import RunDirectory
+from diffrl.training.tracking import (
+    MLflowTracker,
+    default_tracking_uri,
+    recorded_run,
+    require_tracking_server,
+    write_run_info,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -169,3 +179,72 @@ def test_metrics_logged_after_the_server_died_for_good_land_in_the_local_fallbac
     history = local.get_metric_history(run.info.run_id, "episode_return")
     assert sorted((metric.step, metric.value) for metric in history) == [(2, 2.0), (3, 3.0)]
     assert (tmp_path / "buffer.jsonl").exists()  # and the plain-text copy stays
+
+
+def run_in_own_store(root: Path, *, legacy: bool = False) -> str:
+    """A run tracked into ``root``'s own store, as a recipe makes it, with one artifact; its run id.
+
+    ``legacy`` writes ``run.json`` as diffrl did before it recorded the run directory.
+    """
+    layout = RunDirectory(root)
+    root.mkdir(parents=True)
+    uri = default_tracking_uri(root)
+    tracker = MLflowTracker(uri, experiment="moving", artifact_location=artifact_location(None, uri, layout))
+    layout.config.write_text("seed: 0\n")
+    tracker.log_artifact(layout.config)
+    tracker.finish()
+    write_run_info(layout, tracker.run_id, uri)
+    if legacy:
+        layout.run_info.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "tracking_uri": uri}))
+    return tracker.run_id
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["run.json", "older run.json"])
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_moved_or_copied_run_directory_tracks_into_its_own_store_and_artifacts(tmp_path, how, legacy):
+    original, target = tmp_path / "original", tmp_path / "elsewhere" / "run"
+    run_id = run_in_own_store(original, legacy=legacy)
+    original_uri = default_tracking_uri(original)
+    target.parent.mkdir()
+    if how == "moved":
+        original.rename(target)
+    else:
+        shutil.copytree(original, target)
+
+    uri, recorded_id = recorded_run(RunDirectory(target))
+    assert (uri, recorded_id) == (default_tracking_uri(target), run_id)
+    client = MlflowClient(uri)
+    own_artifacts = RunDirectory(target).mlflow_artifacts.resolve().as_uri()
+    assert client.get_run(run_id).info.artifact_uri.startswith(f"{own_artifacts}/")
+    assert [artifact.path for artifact in client.list_artifacts(run_id)] == ["config.yaml"]
+    note = tmp_path / "note.txt"
+    note.write_text("evaluated here")
+    client.log_artifact(run_id, str(note))
+    assert len(list((target / "mlartifacts").rglob("note.txt"))) == 1
+    assert json.loads(RunDirectory(target).run_info.read_text())["run_dir"] == str(target.resolve())
+    assert recorded_run(RunDirectory(target)) == (uri, run_id)  # relocated once, then read as is
+    if how == "copied":  # the original is left as it was
+        assert recorded_run(RunDirectory(original)) == (original_uri, run_id)
+        assert (
+            MlflowClient(original_uri)
+            .get_run(run_id)
+            .info.artifact_uri.startswith(f"{RunDirectory(original).mlflow_artifacts.resolve().as_uri()}/")
+        )
+        assert not list((original / "mlartifacts").rglob("note.txt"))
+
+
+def test_a_run_tracked_into_another_store_keeps_it_when_its_directory_moves(tmp_path):
+    store = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    (tmp_path / "shared").mkdir()
+    run_dir = RunDirectory(tmp_path / "run")
+    run_dir.root.mkdir()
+    write_run_info(run_dir, "0123", store)
+    run_dir.root.rename(tmp_path / "moved")
+    assert recorded_run(RunDirectory(tmp_path / "moved")) == (store, "0123")
+
+
+def test_an_unreadable_run_json_is_named(tmp_path):
+    layout = RunDirectory(tmp_path)
+    layout.run_info.write_text("")
+    with pytest.raises(ValueError, match=r"run\.json: unreadable .*it names the run's MLflow run and store"):
+        recorded_run(layout)
