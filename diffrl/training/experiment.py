@@ -193,6 +193,9 @@ def _train(
     )
     if resume is not None:
         trainer.load_checkpoint(resume)
+        aside = layout.set_aside_later_than(layout.iteration_of(resume)) if context.is_main else None
+        if aside is not None:
+            logger.warning("resuming from %s starts a new branch: what came after it moved to %s", resume.name, aside)
     tracker = _start_tracking(cfg, env, run_dir, resume, recorded, trainer.progress) if context.is_main else None
     if tracker is not None:
         trainer.on_metrics = tracker.log_metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class RunDirectory:
         <root>/.diffrl.lock           held by the training process (its PID inside)
         <root>/metrics_buffer.jsonl   metrics kept while the MLflow store failed (sent at the end; a resume
                                       logs the checkpoint's history instead)
+        <root>/abandoned/<time>-after-<iteration>/   what a resume from an earlier checkpoint set aside
 
     Example:
         >>> RunDirectory("runs/x").checkpoint(25).name
@@ -95,6 +97,31 @@ class RunDirectory:
     @property
     def lock(self) -> Path:
         return self.root / ".diffrl.lock"
+
+    def set_aside_later_than(self, iteration: int) -> Path | None:
+        """Move the checkpoints after ``iteration``, and ``policy.pt`` with them, into
+        ``abandoned/<time>-after-<iteration>/``, where they are kept (``None``: there were none).
+
+        A run resumed from an earlier checkpoint starts a new branch: left in place, the old branch's
+        later checkpoints would be what ``resume=<run dir>`` and ``load_policy`` pick, and checkpoint
+        rotation (newest iterations first) would prune the new branch's checkpoints instead of them.
+        ``policy.pt`` goes too: written at a run's end, it is the old branch's final policy (or one from
+        before ``iteration``); the new branch writes its own.
+        """
+        later = [
+            path
+            for path in self.checkpoints.glob(f"{CHECKPOINT_PREFIX}*")
+            if path.name.removeprefix(CHECKPOINT_PREFIX).isdigit() and self.iteration_of(path) > iteration
+        ]
+        if not later:
+            return None
+        aside = self.root / "abandoned" / f"{time.strftime('%Y%m%d-%H%M%S')}-after-{iteration}"
+        (aside / self.checkpoints.name).mkdir(parents=True)
+        for path in later:
+            path.rename(aside / self.checkpoints.name / path.name)
+        if self.policy.exists():
+            self.policy.rename(aside / self.policy.name)
+        return aside
 
 
 def checkpoint_to_resume(path: str | Path) -> Path:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,6 +83,40 @@ def test_sigterm_checkpoints_closes_the_mlflow_run_and_the_run_resumes(tmp_path)
     frames = frames_logged(tmp_path)
     assert frames[-3:] == [(step, step * NUM_ENVS * STEPS) for step in range(stopped_at, stopped_at + 3)]
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path):
+    """A new branch from iteration 2 of a 4-iteration run: the old branch's checkpoints 3, 4 and its policy.pt
+    are kept aside, and the run directory's latest checkpoint and policy are the new branch's."""
+    frames = NUM_ENVS * STEPS
+    every_iteration = ["checkpoint.every=1", "checkpoint.keep=10"]
+    run([sys.executable, *recipe_command(tmp_path, f"collector.total_frames={4 * frames}", *every_iteration)])
+    checkpoints = tmp_path / "checkpoints"
+    old_policy = (tmp_path / "policy.pt").read_bytes()
+    result = run(
+        [
+            sys.executable,
+            *recipe_command(
+                tmp_path,
+                f"collector.total_frames={3 * frames}",
+                f"resume={checkpoints / 'checkpoint-000000000002'}",
+                *every_iteration,
+            ),
+        ]
+    )
+    (aside,) = (tmp_path / "abandoned").iterdir()
+    assert aside.name.endswith("-after-2")
+    assert f"resuming from checkpoint-000000000002 starts a new branch: what came after it moved to {aside}" in (
+        result.stdout + result.stderr
+    )
+    assert sorted(path.name for path in (aside / "checkpoints").iterdir()) == [
+        "checkpoint-000000000003",
+        "checkpoint-000000000004",
+    ]
+    assert (aside / "policy.pt").read_bytes() == old_policy
+    assert sorted(path.name for path in checkpoints.iterdir()) == [f"checkpoint-00000000000{i}" for i in (1, 2, 3)]
+    assert torch.load(tmp_path / "policy.pt", weights_only=True)["iteration"] == 3
 
 
 @pytest.mark.slow

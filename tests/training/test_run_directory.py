@@ -48,3 +48,20 @@ def test_a_resumed_recipe_runs_in_the_run_directory_it_resumes(tmp_path, names):
     with initialize_config_dir(config_dir=str(REPO / "recipes" / "config"), version_base=None):
         cfg = compose("genpo_isaaclab", overrides=[f"resume={resume}"], return_hydra_config=True)
     assert Path(cfg.hydra.run.dir) == run.root.resolve()
+
+
+def test_set_aside_moves_the_later_checkpoints_and_the_policy_and_keeps_the_rest(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    for iteration in (2, 3, 4):
+        Checkpoint(model=torch.nn.Linear(2, 1)).save(run.checkpoint(iteration))
+    run.policy.write_bytes(b"final policy of iteration 4")
+    assert run.set_aside_later_than(4) is None and run.policy.exists()  # resuming from the latest: nothing
+    aside = run.set_aside_later_than(2)
+    assert aside.parent == run.root / "abandoned" and aside.name.endswith("-after-2")
+    assert run.latest_checkpoint() == run.checkpoint(2)
+    assert sorted(path.name for path in (aside / "checkpoints").iterdir()) == [
+        run.checkpoint(3).name,
+        run.checkpoint(4).name,
+    ]
+    assert (aside / "policy.pt").read_bytes() == b"final policy of iteration 4" and not run.policy.exists()
+    assert Checkpoint.is_checkpoint(aside / "checkpoints" / run.checkpoint(4).name)
