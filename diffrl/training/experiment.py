@@ -31,6 +31,7 @@ from diffrl.training.run_state import TrainingProgress
 from diffrl.training.tracking import (
     MLflowTracker,
     default_tracking_uri,
+    flatten_config,
     recorded_run,
     require_tracking_server,
     write_run_info,
@@ -90,6 +91,42 @@ def _check_counts(cfg: DictConfig) -> None:
     minibatch_size(cfg.env.num_envs * cfg.collector.steps_per_env, cfg.trainer.num_minibatches)
 
 
+# What a resumed run may set anew: how long and how it runs, not what it learns (dotted prefixes).
+RESUMABLE_SETTINGS = (
+    "resume",
+    "collector.total_frames",
+    "checkpoint",
+    "logger.progress",
+    "torch_threads",
+    "compile",
+    "cudagraphs",
+    "check_numerics",
+)
+
+
+def _check_resumed_settings(cfg: DictConfig, layout: RunDirectory) -> None:
+    """A resumed run continues with the settings it was trained with (its ``config.yaml``): an override
+    of any other setting would be silently shadowed by the checkpoint's state (the adaptive learning
+    rate) or make the continued run differ from an uninterrupted one, so it is refused, by name."""
+    if not layout.config.exists():
+        return
+    stored = flatten_config(OmegaConf.to_container(OmegaConf.load(layout.config), resolve=True))
+    current = flatten_config(OmegaConf.to_container(cfg, resolve=True))
+    changed = [
+        f"{key}={current[key]} (trained with {stored[key]})"
+        for key in sorted(stored.keys() & current.keys())
+        if stored[key] != current[key]
+        and not any(key == prefix or key.startswith(f"{prefix}.") for prefix in RESUMABLE_SETTINGS)
+    ]
+    if changed:
+        shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+        raise ValueError(
+            f"resume={cfg.resume}: a resumed run continues with its own settings, and these differ from "
+            f"{layout.config}: {shown}; a resume may change only {', '.join(RESUMABLE_SETTINGS[1:])}. "
+            "To train with other settings, start a new run"
+        )
+
+
 class StopRequested(KeyboardInterrupt):
     """A signal (SIGTERM) asked the run to stop: handled as Ctrl-C is, and remembered for the exit status."""
 
@@ -121,6 +158,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
     resume = checkpoint_to_resume(cfg.resume) if cfg.resume else None
     if resume is not None:
         run_dir = RunDirectory.of_checkpoint(resume).root
+        _check_resumed_settings(cfg, RunDirectory(run_dir))
     # The MLflow run a resumed run continues (rank 0 tracks alone).
     recorded = recorded_run(RunDirectory(run_dir)) if resume is not None and context.is_main else None
     if cfg.torch_threads is not None:

@@ -120,6 +120,23 @@ def test_a_resume_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path)
 
 
 @pytest.mark.slow
+def test_a_resume_that_changes_what_is_learned_is_refused_by_name_and_changes_nothing(tmp_path):
+    frames = NUM_ENVS * STEPS
+    run([sys.executable, *recipe_command(tmp_path, f"collector.total_frames={frames}")])
+    before = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
+    overrides = [f"collector.total_frames={2 * frames}", f"resume={tmp_path}", "checkpoint.keep=5"]
+    output = refused(
+        [sys.executable, *recipe_command(tmp_path, *overrides, "trainer.learning_rate=1e-6", "trainer.num_epochs=1")]
+    )
+    assert "a resumed run continues with its own settings, and these differ from" in output
+    assert "trainer.learning_rate=1e-06 (trained with 0.0005), trainer.num_epochs=1 (trained with 5)" in output
+    after = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
+    changed = {path.name for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
+    assert changed <= {"recipe.log", ".diffrl.lock"}, changed
+    run([sys.executable, *recipe_command(tmp_path, *overrides)])  # what only says how long and how: resumed
+
+
+@pytest.mark.slow
 def test_two_torchrun_ranks_log_once_count_both_and_resume(tmp_path):
     frames_per_iteration = 2 * NUM_ENVS * STEPS  # both ranks' frames
     run([*TORCHRUN, *recipe_command(tmp_path, f"collector.total_frames={3 * frames_per_iteration}")])
