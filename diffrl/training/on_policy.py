@@ -11,7 +11,6 @@ checkpoints (:class:`~diffrl.training.run_state.RunState`), the observation stat
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -289,19 +288,12 @@ class OnPolicyTrainer:
         self._shared_statistics = merged
 
     def _episode_metrics(self, batch: TensorDictBase) -> dict[str, float]:
-        """Mean return and length over the last 100 finished episodes (NaN before the first one ends)."""
-        done = batch["next", "done"].squeeze(-1)
-        returns, lengths = self.progress.recent_returns, self.progress.recent_lengths
-        returns.extend(batch["next", EPISODE_RETURN_KEY].squeeze(-1)[done].tolist())
-        lengths.extend(batch["next", EPISODE_LENGTH_KEY].squeeze(-1)[done].tolist())
-        finished = float(done.sum())
-        if not returns:
-            return {"episode_return": math.nan, "episode_length": math.nan, "episodes_finished": finished}
-        return {
-            "episode_return": sum(returns) / len(returns),
-            "episode_length": sum(lengths) / len(lengths),
-            "episodes_finished": finished,
-        }
+        next_step = batch["next"]
+        return self.progress.record_episodes(
+            next_step["done"].squeeze(-1),
+            next_step[EPISODE_RETURN_KEY].squeeze(-1),
+            next_step[EPISODE_LENGTH_KEY].squeeze(-1),
+        )
 
     def _show(self, bar: tqdm, metrics: dict[str, Any], frames: int) -> None:
         summary = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +47,26 @@ class TrainingProgress:
         self.history: list[dict[str, float]] = []
         self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self.recent_lengths: deque[float] = deque(maxlen=RECENT_EPISODES)
+
+    def record_episodes(self, done: torch.Tensor, returns: torch.Tensor, lengths: torch.Tensor) -> dict[str, float]:
+        """Add a rollout's finished episodes ([env, step] each) to the window; the mean return and length of
+        the last ``RECENT_EPISODES`` finished (NaN before the first one ends) and how many finished now.
+
+        The episodes enter in the order they ended (by step, then env): when more end in one rollout than
+        the window holds, it keeps the latest, not those of the highest-numbered envs (on Isaac Lab's
+        terrain tasks the env number picks the terrain).
+        """
+        done_in_time_order = done.mT
+        self.recent_returns.extend(returns.mT[done_in_time_order].tolist())
+        self.recent_lengths.extend(lengths.mT[done_in_time_order].tolist())
+        finished = float(done.sum())
+        if not self.recent_returns:
+            return {"episode_return": math.nan, "episode_length": math.nan, "episodes_finished": finished}
+        return {
+            "episode_return": sum(self.recent_returns) / len(self.recent_returns),
+            "episode_length": sum(self.recent_lengths) / len(self.recent_lengths),
+            "episodes_finished": finished,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
