@@ -75,7 +75,7 @@ class NumericsMonitor:
     """
 
     mode: NumericsMode = "immediate"
-    _finite: dict[str, _FiniteRecord] = field(default_factory=dict, repr=False)
+    _finite: dict[tuple[str, tuple[str, ...]], _FiniteRecord] = field(default_factory=dict, repr=False)
     _conditions: dict[str, _ConditionRecord] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -111,9 +111,10 @@ class NumericsMonitor:
         failed = per_sample.sum()
         first = per_sample.to(torch.uint8).argmax()
         names, magnitudes = _input_magnitudes(tensordict, per_sample.shape[0], first, value)
-        record = self._finite.get(what)
-        if record is None or record.input_names != names:
-            self._finite[what] = record = _FiniteRecord(
+        # One record per quantity and set of inputs: a check with other inputs must not overwrite a failure.
+        record = self._finite.get((what, tuple(names)))
+        if record is None:
+            self._finite[what, tuple(names)] = record = _FiniteRecord(
                 failed,
                 per_sample.numel(),
                 first,
@@ -158,7 +159,7 @@ class NumericsMonitor:
             return
         flags = [record.failed for record in finite.values()] + [record.failed for record in conditions.values()]
         status = torch.stack([flag.to(torch.int64) for flag in flags]).tolist()  # the one host synchronization
-        for (what, record), failed in zip(finite.items(), status, strict=False):
+        for ((what, _), record), failed in zip(finite.items(), status, strict=False):
             if failed:
                 raise NumericalError(_finite_message(what, record, failed))
         for (what, record), failed in zip(conditions.items(), status[len(finite) :], strict=True):

@@ -62,3 +62,13 @@ def test_index_names_unravel_the_first_failure_into_its_batch_dimensions():
     monitor.require_finite(value, "action", index_names=("env", "step"))
     with pytest.raises(NumericalError, match=r"action is not finite for 2 of 15 samples; first at env 1, step 3;"):
         monitor.raise_if_failed()
+
+
+def test_a_deferred_failure_is_kept_when_a_later_check_of_the_quantity_has_other_inputs():
+    monitor = NumericsMonitor("deferred")
+    bad = TensorDict({"observation": torch.tensor([[1.0], [float("nan")]])}, batch_size=[2])
+    monitor.require_finite(bad["observation"], "observation", bad)
+    good = TensorDict({"observation": torch.ones(2, 1), "action": torch.zeros(2, 1)}, batch_size=[2])
+    monitor.require_finite(good["observation"], "observation", good)
+    with pytest.raises(NumericalError, match=r"observation is not finite for 1 of 2 samples; first at index 1"):
+        monitor.raise_if_failed()
