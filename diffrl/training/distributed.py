@@ -1,6 +1,6 @@
 """Data-parallel training across processes and GPUs, launched with ``torchrun``.
 
-Each rank steps its own envs (seed ``seed + rank``) and computes gradients on its own
+Each rank steps its own envs (seeds from ``seed + rank·num_envs``, its own noise) and computes gradients on its own
 rollout; what must agree is agreed through ``torch.distributed`` collectives (gloo on CPU,
 NCCL on CUDA — the same code path, so two CPU ranks test what eight GPUs run):
 

@@ -148,8 +148,9 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
     MLflow run is closed as ``KILLED``.
 
     Under ``torchrun`` every rank runs this function: rank r steps ``env.num_envs`` envs of
-    its own seeded ``seed + r`` (on ``cuda:<local rank>`` for a CUDA device); rank 0's run
-    directory is used, and only rank 0 writes files and tracks to MLflow.
+    its own seeded ``seed + r·num_envs`` and draws its own noise from generators seeded the same
+    (on ``cuda:<local rank>`` for a CUDA device); rank 0's run directory is used, and only rank 0
+    writes files and tracks to MLflow.
     """
     _check_device(cfg.env.device)
     _check_counts(cfg)
@@ -168,9 +169,10 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
     # Rank 0 owns the directory for the run's life; a fresh run refuses another run's files.
     lock = RunLock(RunDirectory(run_dir), resuming=resume is not None).acquire() if context.is_main else None
     try:
-        # Same initial weights on every rank (rank 0's are broadcast anyway); rank-own env streams.
-        seed_everything(cfg.seed)
-        env = make_env(cfg.env, cfg.seed + context.rank, device=context.device(cfg.env.device))
+        # Each rank its own envs, exploration noise and minibatch order; the weights are rank 0's (broadcast).
+        seed = rank_seed(cfg.seed, context.rank, cfg.env.num_envs)
+        seed_everything(seed)
+        env = make_env(cfg.env, seed, device=context.device(cfg.env.device))
         try:  # a bad checkpoint or module config must not leave the (process-wide) simulation open
             return _train(cfg, env, run_dir, resume, recorded, context)
         finally:
@@ -178,6 +180,15 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path) -> RunResult:
     finally:
         if lock is not None:
             lock.release()
+
+
+def rank_seed(seed: int, rank: int, num_envs: int) -> int:
+    """The seed of rank ``rank``'s envs and generators, ``seed + rank·num_envs`` (rank 0's is the run's).
+
+    A gymnasium vector env seeds its copy i with seed + i: ranks seeded seed + rank would replay each
+    other's copies, so each rank takes the next ``num_envs`` seeds.
+    """
+    return seed + rank * num_envs
 
 
 def seed_everything(seed: int) -> None:

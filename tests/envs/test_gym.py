@@ -11,6 +11,7 @@ from torchrl.collectors import Collector
 from torchrl.envs.utils import check_env_specs
 
 from diffrl.envs.gym import make_gym_env
+from diffrl.training.experiment import rank_seed
 
 
 def _replay_in_single_envs(
@@ -155,6 +156,19 @@ def test_same_seed_reproduces_and_copies_differ() -> None:
     torch.testing.assert_close(obs, first_obs(5), rtol=0.0, atol=0.0)
     assert not torch.equal(obs, first_obs(6))
     assert not torch.equal(obs[0], obs[1])
+
+
+def test_ranks_seeded_by_rank_seed_share_no_env() -> None:
+    """Two torchrun ranks of 3 envs: 6 distinct start states (ranks seeded seed + rank shared two copies)."""
+    num_envs, seed = 3, 5
+
+    def start_states(rank_seeds: list[int]) -> torch.Tensor:
+        return torch.cat([make_gym_env("HalfCheetah-v5", num_envs, seed=s).reset()["observation"] for s in rank_seeds])
+
+    distinct = start_states([rank_seed(seed, rank, num_envs) for rank in (0, 1)])
+    assert len({tuple(row.tolist()) for row in distinct}) == 2 * num_envs
+    consecutive = start_states([seed, seed + 1])
+    assert len({tuple(row.tolist()) for row in consecutive}) == 2 * num_envs - 2
 
 
 def test_unknown_env_id_raises_value_error_listing_mujoco_ids() -> None:
