@@ -7,6 +7,7 @@ script can call it with any ``DictConfig`` of the same layout (see ``recipes/con
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import random
 import signal
@@ -91,11 +92,11 @@ def _check_counts(cfg: DictConfig) -> None:
     minibatch_size(cfg.env.num_envs * cfg.collector.steps_per_env, cfg.trainer.num_minibatches)
 
 
-# What a resumed run may set anew: how long and how it runs, not what it learns (dotted prefixes).
+# What a resumed run may set anew, as patterns over the dotted keys: how long and how it runs, not what it learns.
 RESUMABLE_SETTINGS = (
     "resume",
     "collector.total_frames",
-    "checkpoint",
+    "checkpoint.*",
     "logger.progress",
     "torch_threads",
     "compile",
@@ -115,8 +116,7 @@ def _check_resumed_settings(cfg: DictConfig, layout: RunDirectory) -> None:
     changed = [
         f"{key}={current[key]} (trained with {stored[key]})"
         for key in sorted(stored.keys() & current.keys())
-        if stored[key] != current[key]
-        and not any(key == prefix or key.startswith(f"{prefix}.") for prefix in RESUMABLE_SETTINGS)
+        if stored[key] != current[key] and not any(fnmatch.fnmatchcase(key, setting) for setting in RESUMABLE_SETTINGS)
     ]
     if changed:
         shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")

@@ -130,6 +130,7 @@ def test_a_resume_that_changes_what_is_learned_is_refused_by_name_and_changes_no
     )
     assert "a resumed run continues with its own settings, and these differ from" in output
     assert "trainer.learning_rate=1e-06 (trained with 0.0005), trainer.num_epochs=1 (trained with 5)" in output
+    assert "a resume may change only collector.total_frames, checkpoint.*, logger.progress," in output
     after = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
     changed = {path.name for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
     assert changed <= {"recipe.log", ".diffrl.lock"}, changed
