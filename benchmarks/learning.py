@@ -348,11 +348,14 @@ def read_mlflow_curve(run_dir: Path) -> dict[str, list[float]]:
     """The same series from a diffrl run directory's MLflow store (``run.json`` names the run)."""
     from mlflow.tracking import MlflowClient
 
-    info = json.loads((run_dir / "run.json").read_text())
-    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    from diffrl.training.run_directory import RunDirectory
+    from diffrl.training.tracking import recorded_run
+
+    tracking_uri, run_id = recorded_run(RunDirectory(run_dir))  # a sweep folder may have been moved
+    client = MlflowClient(tracking_uri=tracking_uri)
 
     def series(key: str) -> dict[int, float]:
-        return {metric.step: metric.value for metric in client.get_metric_history(info["mlflow_run_id"], key)}
+        return {metric.step: metric.value for metric in client.get_metric_history(run_id, key)}
 
     frames, returns = series("frames"), series("episode_return")
     collection, update = series("collection_time"), series("update_time")
