@@ -165,7 +165,7 @@ def _own_store_root(info: dict[str, Any], layout: RunDirectory) -> Path | None:
 
 
 def _relocate_artifact_paths(layout: RunDirectory, old_root: Path) -> None:
-    old, new = (RunDirectory(old_root).mlflow_artifacts.as_uri(), layout.mlflow_artifacts.resolve().as_uri())
+    old, new = RunDirectory(old_root).mlflow_artifacts.as_uri(), layout.mlflow_artifacts.resolve().as_uri()
     with contextlib.closing(sqlite3.connect(layout.mlflow_db)) as store, store:
         tables = {name for (name,) in store.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for table, column in _ARTIFACT_COLUMNS:
